@@ -1,0 +1,40 @@
+"""Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lotterylab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train one run (idempotent; resumes an interrupted run)")
+    run.add_argument("config", help="YAML config file, e.g. params/runs/cyclic.yaml")
+    run.add_argument("--out", default="runs", help="root directory of run directories (default: runs)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set schedule.epochs=5 (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from lotterylab import config
+    from lotterylab.checkpoint import CheckpointError
+    from lotterylab.masks import MaskError
+    from lotterylab.train import DivergenceError
+
+    try:
+        cfg = config.load(args.config, args.overrides)
+        from lotterylab import runs
+
+        run_dir = runs.run(cfg, args.out)
+    except (config.ConfigError, MaskError, CheckpointError, DivergenceError) as error:
+        print(f"lotterylab: error: {error}", file=sys.stderr)
+        return 2
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

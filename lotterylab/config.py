@@ -1,0 +1,234 @@
+"""Typed, strict run configuration: one section per concern, canonical YAML and the run hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message is one line and names the field or file."""
+
+
+def _unhashed(description: str) -> dict[str, Any]:
+    """Field kwargs for a setting that changes how a run executes, never what it computes."""
+    return {"description": description, "json_schema_extra": {"hashed": False}}
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys and wrong types are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_registered(kind: str, name: str, valid: list[str]) -> str:
+    if name not in valid:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+    return name
+
+
+class DataConfig(Section):
+    name: str = Field("mnist1d", description="dataset registry name")
+    root: str | None = Field(None, **_unhashed("dataset directory; None picks the dataset's default location"))
+    download: bool = Field(True, **_unhashed("download CIFAR if absent (torchvision)"))
+    verify: bool = Field(True, **_unhashed("check CIFAR file checksums against torchvision's published MD5s"))
+    batch_size: int = Field(128, gt=0, description="training batch size")
+    test_batch_size: int = Field(1000, gt=0, **_unhashed("evaluation batch size"))
+    augment: bool = Field(True, description="random crop (pad 4) and horizontal flip; applies to images only")
+    label_noise: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of training labels permuted among themselves")
+    train_size: int | None = Field(None, gt=0, description="use a seeded random subset of this many training examples")
+    test_size: int | None = Field(None, gt=0, description="use a seeded random subset of this many test examples")
+    shape: list[int] = Field([3, 32, 32], description="synthetic only: per-example shape")
+    num_classes: int = Field(10, gt=1, description="synthetic only: number of classes")
+    image_size: int = Field(224, gt=0, description="imagenet only: crop size")
+    workers: int = Field(4, ge=0, **_unhashed("imagenet only: DataLoader worker processes"))
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from lotterylab.data import DATASETS
+
+        return _check_registered("dataset", name, list(DATASETS))
+
+
+class ModelConfig(Section):
+    name: str = Field("mlp", description="model registry name")
+    width: int | None = Field(None, gt=0, description="mlp hidden units / cnn1d channels; None is the model default")
+    depth: int | None = Field(None, gt=0, description="mlp hidden layers; None is the model default")
+    width_mult: float = Field(1.0, gt=0.0, description="channel multiplier for resnet20, resnet18 (CIFAR) and vgg16")
+    init: Literal["kaiming_normal", "pytorch"] = Field("kaiming_normal", description="weight initialisation")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from lotterylab.models import MODELS
+
+        return _check_registered("model", name, list(MODELS))
+
+
+class OptimizerConfig(Section):
+    lr: float = Field(0.1, gt=0.0, description="peak learning rate of a cycle")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
+    nesterov: bool = Field(False, description="Nesterov momentum")
+
+
+class ScheduleConfig(Section):
+    name: str = Field("step_warmup", description="LR schedule within one cycle")
+    epochs: int = Field(150, gt=0, description="epochs per cycle")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup length in epochs")
+    milestones: list[float] = Field([70 / 150, 130 / 150], description="step_warmup: drop points, fractions of a cycle")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step_warmup: factor applied at each milestone")
+    final_lr: float = Field(0.0, ge=0.0, description="one_cycle and cosine: LR at the end of the cycle, as a fraction of lr")
+    step: Literal["iteration", "epoch"] = Field("iteration", description="update the LR every iteration or every epoch")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from lotterylab.schedules import SCHEDULES
+
+        return _check_registered("schedule", name, list(SCHEDULES))
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, milestones: list[float]) -> list[float]:
+        if any(not 0.0 < m < 1.0 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError("milestones must be increasing fractions of a cycle in (0, 1)")
+        return milestones
+
+
+class MaskConfig(Section):
+    sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of prunable weights removed")
+    criterion: str = Field("random", description="score used to choose the surviving weights")
+    allocation: str = Field("uniform", description="layerwise sparsity allocation")
+    prune_first: bool = Field(True, description="the first conv/linear layer is prunable")
+    prune_last: bool = Field(True, description="the last conv/linear layer is prunable")
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, name: str) -> str:
+        from lotterylab.criteria import CRITERIA
+
+        return _check_registered("criterion", name, list(CRITERIA))
+
+    @field_validator("allocation")
+    @classmethod
+    def _known_allocation(cls, name: str) -> str:
+        from lotterylab.masks import ALLOCATIONS
+
+        return _check_registered("allocation", name, list(ALLOCATIONS))
+
+
+class MethodConfig(Section):
+    name: str = Field("dense", description="method registry name: the pipeline of stages")
+    cycles: int = Field(1, gt=0, description="LR cycles trained on the fixed mask; 1 is standard training")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from lotterylab.methods import METHODS
+
+        return _check_registered("method", name, list(METHODS))
+
+
+class TrainConfig(Section):
+    eval_every: int = Field(1, gt=0, **_unhashed("evaluate train and test metrics every this many epochs"))
+    keep_checkpoints: int = Field(2, gt=0, **_unhashed("per-epoch checkpoints kept; stage-end ones are always kept"))
+    bf16: bool = Field(False, description="bf16 autocast with fp32 master weights")
+    channels_last: bool = Field(False, description="channels_last memory format for image models")
+    compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(False, description="torch deterministic algorithms and a fixed cuBLAS workspace")
+    device: str = Field("auto", **_unhashed("'auto', 'cpu' or 'cuda[:N]'"))
+    progress: bool = Field(True, **_unhashed("show a progress bar"))
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0, description="seed of init, mask, data order, augmentation and label noise")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    mask: MaskConfig = MaskConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+
+    def canonical(self) -> dict[str, Any]:
+        """Settings that define the run: fields at their default and unhashed fields are left out."""
+        return _hashed_fields(self)
+
+    def run_hash(self) -> str:
+        """Identity of the run: a stable digest of the canonical config."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The full config, every field, as YAML (stored with the run and in results)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True)
+
+
+def _hashed_fields(section: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            nested = _hashed_fields(value)
+            if nested:
+                out[name] = nested
+            continue
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("hashed", True) and value != field.default:
+            out[name] = value
+    return out
+
+
+def _error_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{source}: {where}: {message}"
+
+
+def from_dict(raw: Any, source: str = "config") -> Config:
+    """Validate a plain dict; raise ConfigError with one line naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_error_line(error, source)) from None
+
+
+def set_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b=value` override in place; the value is parsed as YAML."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config file, apply `--set` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if isinstance(raw, dict):
+        for assignment in overrides:
+            set_override(raw, assignment)
+    return from_dict(raw, str(path))

@@ -1,0 +1,154 @@
+"""Train one cycle on a fixed mask, evaluate, and hold the state a checkpoint must capture."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lotterylab import masks
+from lotterylab.config import Config
+from lotterylab.data import Data, FolderSplit, TensorSplit
+from lotterylab.schedules import lr_at
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochMetrics:
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    lr: float
+
+
+class Callback(Protocol):
+    """Hooks called by the loop; implement only what is needed (missing methods are skipped)."""
+
+    def on_step(self, trainer: Trainer, stage: int, epoch: int, step: int) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, stage: int, epoch: int, metrics: EpochMetrics) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Model, optimizer, mask and data-order generator of one run; `train_epoch` is the whole inner loop."""
+
+    def __init__(self, cfg: Config, model: nn.Module, data: Data, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+        self.model = model.to(device=device, memory_format=memory_format)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.params = masks.prunable(self.model, cfg.mask.prune_first, cfg.mask.prune_last)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
+        self.optimizer = self._new_optimizer()
+        self.mask: masks.Mask = {}
+        self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
+
+    def _new_optimizer(self) -> torch.optim.SGD:
+        opt = self.cfg.optimizer
+        return torch.optim.SGD(
+            self.model.parameters(), lr=opt.lr, momentum=opt.momentum,
+            weight_decay=opt.weight_decay, nesterov=opt.nesterov,
+        )
+
+    def restart(self) -> None:
+        """Start a new cycle: fresh optimizer state (momentum zero), so each cycle is a full training run."""
+        self.optimizer = self._new_optimizer()
+        self.set_mask(self.mask)
+
+    def set_mask(self, mask: masks.Mask) -> None:
+        """Fix the mask for the following training and zero the pruned weights now."""
+        self.mask = {name: m.to(self.device) for name, m in mask.items()}
+        self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
+        self.mask_step()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+
+    def _input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last and x.dim() == 4 else x
+
+    def train_epoch(self, stage: int, epoch: int, callbacks: Sequence[Callback] = ()) -> tuple[float, float, float]:
+        """One epoch of SGD with the per-step LR of the cycle; returns mean loss, accuracy and the last LR."""
+        self.model.train()
+        split = self.data.train
+        steps = split.num_batches(self.cfg.data.batch_size)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        first_bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        lr = self.cfg.optimizer.lr
+        batches = split.batches(self.cfg.data.batch_size, self.generator, self.cfg.data.augment)
+        for step, (x, y) in enumerate(batches):
+            lr = lr_at(self.cfg.schedule, self.cfg.optimizer.lr, epoch, step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with self._autocast():
+                logits = self.forward(self._input(x))
+                loss = F.cross_entropy(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.mask_step()
+            detached = loss.detach()
+            # Record where divergence began without a host sync on every step.
+            bad = ~torch.isfinite(detached) & (first_bad_step < 0)
+            first_bad_step = torch.where(bad, step, first_bad_step)
+            loss_sum += detached * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            for callback in callbacks:
+                if hasattr(callback, "on_step"):
+                    callback.on_step(self, stage, epoch, step)
+        bad_step = int(first_bad_step)
+        if bad_step >= 0:
+            raise DivergenceError(f"loss is not finite at stage {stage}, epoch {epoch}, step {bad_step}")
+        count = len(split)
+        return float(loss_sum) / count, float(correct) / count, lr
+
+    @torch.no_grad()
+    def evaluate(self, split: TensorSplit | FolderSplit) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for x, y in split.batches(self.cfg.data.test_batch_size):
+            with self._autocast():
+                logits = self.forward(self._input(x)).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        return float(loss_sum) / len(split), float(correct) / len(split)
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "mask": {name: m.cpu() for name, m in self.mask.items()},
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self._new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.mask = {name: m.to(self.device) for name, m in state["mask"].items()}
+        self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
