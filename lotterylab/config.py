@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -157,6 +157,12 @@ class Config(Section):
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _dense_has_no_mask(self) -> Config:
+        if self.method.name == "dense" and self.mask.sparsity > 0:
+            raise ValueError("mask.sparsity: method 'dense' trains no mask; use method 'pai' for a sparse run")
+        return self
+
     def canonical(self) -> dict[str, Any]:
         """Settings that define the run: fields at their default and unhashed fields are left out."""
         return _hashed_fields(self)
@@ -188,8 +194,10 @@ def _hashed_fields(section: BaseModel) -> dict[str, Any]:
 
 def _error_line(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "config"
     message = first["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in first["loc"])
+    if not where:  # a cross-field check names its own field at the start of the message
+        where, _, message = message.partition(": ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{source}: {where}: {message}"

@@ -67,13 +67,13 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     run_dir = paths.run_dir(Path(out), cfg.run_hash())
     if results.is_complete(run_dir):
         return run_dir
-    _write_config(run_dir, cfg)
     _apply_determinism(cfg)
     device = resolve_device(cfg.train.device)
     dataset = data.load(cfg.data, cfg.seed, device)
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
     trainer = Trainer(cfg, model, dataset, device)
+    _write_config(run_dir, cfg)
     _save_init(run_dir, trainer)
 
     stages = METHODS[cfg.method.name](cfg)
