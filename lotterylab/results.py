@@ -42,7 +42,7 @@ def provenance(cfg: Config, device: torch.device) -> dict[str, Any]:
         "lotterylab_version": __version__,
         "git_revision": git_revision(),
         "seed": cfg.seed,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # TorchVersion is a str subclass h5py cannot store
         "device": device_name(device),
         "deterministic": int(cfg.train.deterministic),
     }
@@ -67,7 +67,7 @@ def run_dataset(
     }
     if layers:
         data_vars["layer_density"] = (("stage", "layer"), np.asarray(layer_density, dtype=np.float64))
-        coords["layer"] = np.asarray(layers, dtype=str)
+        coords["layer"] = np.asarray(layers, dtype=object)
     data_vars["noisy_index"] = (("noisy",), noisy_indices.cpu().numpy().astype(np.int64))
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 

@@ -50,8 +50,8 @@ def test_uniform_matches_torch_l1_per_layer():
 
 def test_ties_are_broken_by_position_and_count_is_exact():
     scores = {"a": torch.tensor([3.0, 1.0, 1.0, 1.0]), "b": torch.tensor([2.0, 1.0, 1.0])}
-    mask = masks.global_allocation(scores, 0.5)  # keep round(3.5) = 4: 3, 2, then the first tied 1
-    assert mask["a"].tolist() == [1, 1, 0, 0]
+    mask = masks.global_allocation(scores, 0.5)  # keep round(3.5) = 4: 3, 2, then the first two tied 1s
+    assert mask["a"].tolist() == [1, 1, 1, 0]
     assert mask["b"].tolist() == [1, 0, 0]
     uniform = masks.uniform_allocation({"c": torch.ones(6)}, 0.5)
     assert uniform["c"].tolist() == [1, 1, 1, 0, 0, 0]
@@ -67,7 +67,7 @@ def test_emptying_a_layer_is_an_error_naming_it():
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 @pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
-@pytest.mark.parametrize("target", [0.5, 0.1, 0.02])
+@pytest.mark.parametrize("target", [0.5, 0.2, 0.1])
 def test_registry_contract(criterion, allocation, target):
     """Every criterion x allocation: right shapes, the requested density within one weight, no empty layer."""
     net = small_net()
