@@ -1,0 +1,42 @@
+"""The training options (channels_last, bf16 autocast) against fp32 eager on CPU, within stated tolerances."""
+
+import pytest
+import torch
+
+from lotterylab import config, data, models
+from lotterylab.train import Trainer
+
+TOLERANCE = {"channels_last": 1e-4, "bf16": 3e-2}  # relative, on the epoch's mean training loss
+
+
+def trained(**train) -> tuple[float, dict[str, torch.Tensor]]:
+    cfg = config.from_dict({
+        "data": {"name": "synthetic", "shape": [3, 16, 16], "train_size": 256, "test_size": 64, "batch_size": 64},
+        "model": {"name": "resnet20", "width_mult": 0.5},
+        "optimizer": {"lr": 0.01},  # small steps keep rounding differences from being amplified by training
+        "schedule": {"epochs": 1},
+        "train": {"progress": False, **train},
+    })
+    dataset = data.load(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(cfg, models.build(cfg.model, dataset.input_shape, dataset.num_classes), dataset,
+                      torch.device("cpu"))
+    loss = trainer.train_epoch(0, 0)[0]
+    return loss, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return trained()
+
+
+@pytest.mark.parametrize("option", sorted(TOLERANCE))
+def test_option_matches_fp32_eager(reference, option):
+    loss, weights = trained(**{option: True})
+    assert loss == pytest.approx(reference[0], rel=TOLERANCE[option])
+    changed = [k for k in weights if weights[k].is_floating_point() and not torch.equal(weights[k], reference[1][k])]
+    if option == "channels_last":
+        for name in changed:
+            torch.testing.assert_close(weights[name], reference[1][name], rtol=1e-3, atol=1e-4)
+    else:
+        assert changed, "bf16 autocast must change the arithmetic"
