@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         from lotterylab import runs
 
         run_dir = runs.run(cfg, args.out)
-    except (config.ConfigError, MaskError, CheckpointError, DivergenceError) as error:
+    except (ValueError, MaskError, CheckpointError, DivergenceError) as error:  # ConfigError is a ValueError
         print(f"lotterylab: error: {error}", file=sys.stderr)
         return 2
     print(run_dir)

@@ -11,6 +11,7 @@ Mask = dict[str, Tensor]
 """Parameter name -> 0/1 tensor of the parameter's shape and dtype (1 keeps the weight)."""
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Module types whose `weight` is prunable; masks rely on them and on their `named_modules()` order."""
 
 
 class MaskError(ValueError):

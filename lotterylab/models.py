@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from lotterylab.masks import PRUNABLE_TYPES
+
 if TYPE_CHECKING:
     from lotterylab.config import ModelConfig
 
-# Module types whose `weight` is prunable; masks rely on these types and on their `named_modules()` order.
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 MLP_WIDTH, MLP_DEPTH, CNN1D_WIDTH = 256, 2, 32
 # VGG-16 conv widths, one tuple per stage; every stage ends in a 2x2 max-pool.

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from lotterylab.config import ModelConfig
-from lotterylab.models import MODELS, PRUNABLE_TYPES, build, init_weights
+from lotterylab.masks import PRUNABLE_TYPES
+from lotterylab.models import MODELS, build, init_weights
 
 # Natural example shapes, kept small (ImageNet models at 64x64) so that the suite runs in seconds on a CPU.
 NATURAL_SHAPES: dict[str, tuple[int, ...]] = {
