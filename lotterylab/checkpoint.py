@@ -21,7 +21,7 @@ class CheckpointError(RuntimeError):
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path in `path`'s directory; once written, fsync it, rename it over `path` and fsync the directory."""
+    """Yield a temp path beside `path`; once written, fsync it, rename it over `path` and fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

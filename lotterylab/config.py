@@ -84,7 +84,7 @@ class ScheduleConfig(Section):
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup length in epochs")
     milestones: list[float] = Field([70 / 150, 130 / 150], description="step_warmup: drop points, fractions of a cycle")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step_warmup: factor applied at each milestone")
-    final_lr: float = Field(0.0, ge=0.0, description="one_cycle and cosine: LR at the end of the cycle, as a fraction of lr")
+    final_lr: float = Field(0.0, ge=0.0, description="one_cycle and cosine: final LR as a fraction of lr")
     step: Literal["iteration", "epoch"] = Field("iteration", description="update the LR every iteration or every epoch")
 
     @field_validator("name")
@@ -127,6 +127,10 @@ class MaskConfig(Section):
 class MethodConfig(Section):
     name: str = Field("dense", description="method registry name: the pipeline of stages")
     cycles: int = Field(1, gt=0, description="LR cycles trained on the fixed mask; 1 is standard training")
+    prune_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="imp, wr, lrr: share of remaining weights pruned per level"
+    )
+    rewind_epoch: int = Field(0, ge=0, description="wr: rewind to the dense weights after this many epochs")
 
     @field_validator("name")
     @classmethod
@@ -161,6 +165,8 @@ class Config(Section):
     def _dense_has_no_mask(self) -> Config:
         if self.method.name == "dense" and self.mask.sparsity > 0:
             raise ValueError("mask.sparsity: method 'dense' trains no mask; use method 'pai' for a sparse run")
+        if self.method.name == "wr" and not 0 < self.method.rewind_epoch <= self.schedule.epochs:
+            raise ValueError("method.rewind_epoch: wr needs a rewind epoch in [1, schedule.epochs]")
         return self
 
     def canonical(self) -> dict[str, Any]:

@@ -102,7 +102,8 @@ class MaskStep:
         if self._tensors is not None:
             return self._tensors, self._factors
         tensors, factors = [w.data for w in self.weights], list(self.masks)
-        momenta = [] if self.optimizer is None else [self.optimizer.state.get(w, {}).get("momentum_buffer") for w in self.weights]
+        state = {} if self.optimizer is None else self.optimizer.state
+        momenta = [state.get(w, {}).get("momentum_buffer") for w in self.weights] if state else []
         if momenta and all(buffer is not None for buffer in momenta):
             tensors, factors = tensors + momenta, factors + self.masks
             self._tensors, self._factors = tensors, factors

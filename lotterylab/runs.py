@@ -93,7 +93,8 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
             if epoch == 0:
                 trainer.restart()
                 stages[stage].prepare(trainer, cfg, stage)
-                layer_density.append(list(masks.layer_density(trainer.mask).values()))
+                per_layer = masks.layer_density(trainer.mask)
+                layer_density.append([per_layer.get(name, 1.0) for name in trainer.params])
             density = masks.density(trainer.mask) if trainer.mask else 1.0
             for epoch in range(epoch, epochs):
                 train_loss, train_acc, lr = trainer.train_epoch(stage, epoch, callbacks)
@@ -103,7 +104,7 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
                 for name, value in vars(metrics).items():
                     history[name].append(value)
                 history["density"].append(density)
-                for callback in callbacks:
+                for callback in [stages[stage], *callbacks]:
                     if hasattr(callback, "on_epoch_end"):
                         callback.on_epoch_end(trainer, stage, epoch, metrics)
                 position = {"stage": stage, "epoch": epoch + 1, "history": history, "layer_density": layer_density}
@@ -112,9 +113,8 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     finally:
         progress.close()
 
-    layers = list(trainer.mask) if trainer.mask else []
     attrs = results.provenance(cfg, device)
-    dataset_out = results.run_dataset(history, len(stages), epochs, layer_density if layers else [], layers,
+    dataset_out = results.run_dataset(history, len(stages), epochs, layer_density, list(trainer.params),
                                       dataset.noisy_indices, attrs)
     results.write(run_dir, dataset_out)
     return run_dir

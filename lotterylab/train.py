@@ -57,6 +57,8 @@ class Trainer:
         self.optimizer = self._new_optimizer()
         self.mask: masks.Mask = {}
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
+        self.snapshots: dict[str, dict[str, Tensor]] = {}
+        self.snapshot("init")
 
     def _new_optimizer(self) -> torch.optim.SGD:
         opt = self.cfg.optimizer
@@ -74,6 +76,15 @@ class Trainer:
         """Fix the mask for the following training and zero the pruned weights now."""
         self.mask = {name: m.to(self.device) for name, m in mask.items()}
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
+        self.mask_step()
+
+    def snapshot(self, name: str) -> None:
+        """Keep a CPU copy of all weights and buffers (init, rewind points); saved with every checkpoint."""
+        self.snapshots[name] = {key: value.detach().cpu().clone() for key, value in self.model.state_dict().items()}
+
+    def rewind(self, name: str) -> None:
+        """Load a snapshot's weights and buffers; the current mask is re-applied so pruned weights stay zero."""
+        self.model.load_state_dict(self.snapshots[name])
         self.mask_step()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -140,6 +151,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "mask": {name: m.cpu() for name, m in self.mask.items()},
             "rng": rng,
+            "snapshots": self.snapshots,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -148,6 +160,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.mask = {name: m.to(self.device) for name, m in state["mask"].items()}
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
+        self.snapshots = state["snapshots"]
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():

@@ -125,6 +125,6 @@ FROZEN_DEFAULTS = {
     "schedule": {"name": "step_warmup", "epochs": 150, "warmup_epochs": 0.0, "milestones": [70 / 150, 130 / 150],
                  "gamma": 0.1, "final_lr": 0.0, "step": "iteration"},
     "mask": {"sparsity": 0.0, "criterion": "random", "allocation": "uniform", "prune_first": True, "prune_last": True},
-    "method": {"name": "dense", "cycles": 1},
+    "method": {"name": "dense", "cycles": 1, "prune_fraction": 0.2, "rewind_epoch": 0},
     "train": {"bf16": False, "channels_last": False, "compile": False, "deterministic": False},
 }
