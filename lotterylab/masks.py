@@ -118,3 +118,7 @@ class MaskStep:
     def reset(self) -> None:
         """Forget cached momentum buffers (after the optimizer state is replaced)."""
         self._tensors = None
+
+
+# Loaded last because ratios builds on the helpers above; importing it registers "erk" and "balanced" in ALLOCATIONS.
+from lotterylab import ratios  # noqa: E402, F401
