@@ -48,7 +48,7 @@ def _write_config(run: Path, cfg: Config) -> None:
 def _save_init(run: Path, trainer: Trainer) -> None:
     """Weights at init, for methods that rewind; written once so a resumed run keeps the original."""
     if not paths.init_weights(run).is_file():
-        checkpoint.save(trainer.model.state_dict(), paths.init_weights(run))
+        checkpoint.save(trainer.snapshots["init"], paths.init_weights(run))
 
 
 def _save_epoch(run: Path, trainer: Trainer, progress: dict[str, Any], stage_done: bool, keep: int) -> None:
