@@ -105,9 +105,15 @@ class ScheduleConfig(Section):
 class MaskConfig(Section):
     sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of prunable weights removed")
     criterion: str = Field("random", description="score used to choose the surviving weights")
-    allocation: str = Field("uniform", description="layerwise sparsity allocation")
+    allocation: str = Field(
+        "auto", description="layerwise sparsity allocation; 'auto' is balanced for random scores, else global"
+    )
     prune_first: bool = Field(True, description="the first conv/linear layer is prunable")
     prune_last: bool = Field(True, description="the last conv/linear layer is prunable")
+    score_batches: int = Field(1, gt=0, description="snip, grasp: training batches the scores are summed over")
+    score_batch_size: int = Field(512, gt=0, description="snip, grasp: size of each scoring batch")
+    grasp_temperature: float = Field(200.0, gt=0.0, description="grasp: logits are divided by this (the authors' T)")
+    synflow_rounds: int = Field(100, gt=0, description="synflow: pruning rounds (exponential density schedule)")
 
     @field_validator("criterion")
     @classmethod
@@ -121,7 +127,13 @@ class MaskConfig(Section):
     def _known_allocation(cls, name: str) -> str:
         from lotterylab.masks import ALLOCATIONS
 
-        return _check_registered("allocation", name, list(ALLOCATIONS))
+        return _check_registered("allocation", name, [*ALLOCATIONS, "auto"])
+
+    def resolved_allocation(self) -> str:
+        """The allocation actually used: random masks get balanced layerwise ratios, scored masks a global threshold."""
+        if self.allocation != "auto":
+            return self.allocation
+        return "balanced" if self.criterion == "random" else "global"
 
 
 class MethodConfig(Section):

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lotterylab import masks
+from lotterylab import criteria, masks
 from lotterylab.config import Config
-from lotterylab.criteria import CRITERIA
 from lotterylab.train import Trainer
 
 Prepare = Callable[[Trainer, Config, int], None]
@@ -42,9 +41,10 @@ def keep_mask(trainer: Trainer, cfg: Config, stage: int) -> None:
 
 def mask_at_init(trainer: Trainer, cfg: Config, stage: int) -> None:
     """Score the weights with the configured criterion and fix the mask at the target sparsity."""
-    criterion = CRITERIA[cfg.mask.criterion]
-    scores = criterion(trainer.model, trainer.params, trainer.data, stage_generator(cfg.seed, "mask", stage))
-    trainer.set_mask(masks.from_scores(scores, 1.0 - cfg.mask.sparsity, cfg.mask.allocation))
+    density = 1.0 - cfg.mask.sparsity
+    generator = stage_generator(cfg.seed, "mask", stage)
+    scores = criteria.score(cfg.mask.criterion, cfg.mask, trainer.model, trainer.params, trainer.data, generator, density)
+    trainer.set_mask(masks.from_scores(scores, density, cfg.mask.resolved_allocation()))
 
 
 def dense(cfg: Config) -> list[Stage]:

@@ -124,7 +124,8 @@ FROZEN_DEFAULTS = {
     "optimizer": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "nesterov": False},
     "schedule": {"name": "step_warmup", "epochs": 150, "warmup_epochs": 0.0, "milestones": [70 / 150, 130 / 150],
                  "gamma": 0.1, "final_lr": 0.0, "step": "iteration"},
-    "mask": {"sparsity": 0.0, "criterion": "random", "allocation": "uniform", "prune_first": True, "prune_last": True},
+    "mask": {"sparsity": 0.0, "criterion": "random", "allocation": "auto", "prune_first": True, "prune_last": True,
+             "score_batches": 1, "score_batch_size": 512, "grasp_temperature": 200.0, "synflow_rounds": 100},
     "method": {"name": "dense", "cycles": 1, "prune_fraction": 0.2, "rewind_epoch": 0},
     "train": {"bf16": False, "channels_last": False, "compile": False, "deterministic": False},
 }

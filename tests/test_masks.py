@@ -5,9 +5,21 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from lotterylab import masks
-from lotterylab.criteria import CRITERIA
+from lotterylab import masks, models
+from lotterylab.config import DataConfig, MaskConfig, ModelConfig
+from lotterylab.criteria import CRITERIA, score
+from lotterylab.data import load
 from lotterylab.masks import ALLOCATIONS, MaskError
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load(DataConfig(name="synthetic", shape=[3, 8, 8], train_size=64, test_size=16), seed=0)
+
+
+def criterion_scores(criterion, net, params, data, density):
+    options = MaskConfig(score_batch_size=32, synflow_rounds=20)
+    return score(criterion, options, net, params, data, torch.Generator().manual_seed(1), density)
 
 
 def small_net() -> nn.Module:
@@ -68,25 +80,47 @@ def test_emptying_a_layer_is_an_error_naming_it():
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 @pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
 @pytest.mark.parametrize("target", [0.5, 0.2, 0.1])
-def test_registry_contract(criterion, allocation, target):
+def test_registry_contract(images, criterion, allocation, target):
     """Every criterion x allocation: right shapes, the requested density within one weight, no empty layer."""
     net = small_net()
     params = masks.prunable(net)
-    scores = CRITERIA[criterion](net, params, None, torch.Generator().manual_seed(1))
+    scores = criterion_scores(criterion, net, params, images, target)
     mask = masks.from_scores(scores, target, allocation)
     total = sum(p.numel() for p in params.values())
     assert {name: m.shape for name, m in mask.items()} == {name: p.shape for name, p in params.items()}
     assert abs(sum(int(m.sum()) for m in mask.values()) - target * total) <= len(params)
     assert masks.density(mask) == pytest.approx(target, abs=len(params) / total)
     assert all(m.sum() > 0 for m in mask.values())
-    # Iterating: pruning again from scores restricted to the survivors never regains a weight.
-    survivors = {name: torch.where(mask[name] > 0, s + 1.0, torch.zeros_like(s)) for name, s in scores.items()}
+    # Iterating: pruning again from scores restricted to the survivors never regains a weight. Survivors' scores are
+    # shifted above every pruned weight's (GraSP scores can be negative).
+    low = min(float(s.min()) for s in scores.values())
+    survivors = {name: torch.where(mask[name] > 0, s - low + 1.0, torch.zeros_like(s)) for name, s in scores.items()}
     again = masks.from_scores(survivors, target * 0.8, allocation)
     assert all(torch.all(again[name] <= mask[name]) for name in mask)
 
 
+@pytest.fixture(scope="module")
+def resnet20():
+    torch.manual_seed(0)
+    return models.build(ModelConfig(name="resnet20", width_mult=0.5), (3, 8, 8), 10)
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+@pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
+def test_resnet20_at_99_percent_keeps_every_layer_or_says_which_would_empty(images, resnet20, criterion, allocation):
+    params = masks.prunable(resnet20)
+    scores = criterion_scores(criterion, resnet20, params, images, 0.01)
+    try:
+        mask = masks.from_scores(scores, 0.01, allocation)
+    except MaskError as error:
+        assert any(name in str(error) for name in params)
+        return
+    assert all(m.sum() > 0 for m in mask.values())
+    assert masks.density(mask) == pytest.approx(0.01, abs=len(params) / sum(p.numel() for p in params.values()))
+
+
 def test_unknown_allocation_lists_valid_names():
-    with pytest.raises(ValueError, match="global, uniform"):
+    with pytest.raises(ValueError, match="balanced, erk, global, uniform"):
         masks.from_scores({"w": torch.ones(3)}, 0.5, "lamp")
 
 
