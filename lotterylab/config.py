@@ -136,13 +136,32 @@ class MaskConfig(Section):
         return "balanced" if self.criterion == "random" else "global"
 
 
+SCULPT_CRITERIA = ("magnitude", "random", "snip", "synflow")
+COUPLED_INITS = ("random", "warmup", "level", "signs", "perturbed_signs")
+
+
 class MethodConfig(Section):
     name: str = Field("dense", description="method registry name: the pipeline of stages")
     cycles: int = Field(1, gt=0, description="LR cycles trained on the fixed mask; 1 is standard training")
     prune_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="imp, wr, lrr: share of remaining weights pruned per level"
     )
-    rewind_epoch: int = Field(0, ge=0, description="wr: rewind to the dense weights after this many epochs")
+    rewind_epoch: int = Field(
+        0, ge=0, description="imp, wr, lrr: the dense weights after this many epochs are kept as the warmup point "
+        "(wr rewinds to it; coupled runs can start from it); 0 keeps the init"
+    )
+    targets: list[float] = Field([], description="sculpt: target sparsities, each retrained for one cycle")
+    prune_criterion: str = Field("magnitude", description="sculpt: one-shot criterion from the cycled weights")
+    source: str | None = Field(
+        None, description="coupled: run supplying the mask: a run directory, or a YAML config run first under --out"
+    )
+    source_level: int = Field(-1, ge=-1, description="coupled: stage of the source whose mask is used; -1 is the last")
+    init: Literal["random", "warmup", "level", "signs", "perturbed_signs"] = Field(
+        "random", description="coupled: fresh random init, the source's warmup point, its end weights at init_level, "
+        "warmup signs with fresh magnitudes, or warmup weights with flip_fraction of the signs flipped"
+    )
+    init_level: int = Field(0, ge=0, description="coupled init 'level': stage of the source whose end weights are used")
+    flip_fraction: float = Field(0.2, ge=0.0, le=1.0, description="coupled init 'perturbed_signs': share flipped")
 
     @field_validator("name")
     @classmethod
@@ -150,6 +169,11 @@ class MethodConfig(Section):
         from lotterylab.methods import METHODS
 
         return _check_registered("method", name, list(METHODS))
+
+    @field_validator("prune_criterion")
+    @classmethod
+    def _one_shot(cls, name: str) -> str:
+        return _check_registered("one-shot criterion", name, list(SCULPT_CRITERIA))
 
 
 class TrainConfig(Section):
@@ -174,11 +198,28 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
-    def _dense_has_no_mask(self) -> Config:
-        if self.method.name == "dense" and self.mask.sparsity > 0:
+    def _method_fits(self) -> Config:
+        method = self.method
+        if method.name == "dense" and self.mask.sparsity > 0:
             raise ValueError("mask.sparsity: method 'dense' trains no mask; use method 'pai' for a sparse run")
-        if self.method.name == "wr" and not 0 < self.method.rewind_epoch <= self.schedule.epochs:
+        if method.name == "wr" and not 0 < method.rewind_epoch <= self.schedule.epochs:
             raise ValueError("method.rewind_epoch: wr needs a rewind epoch in [1, schedule.epochs]")
+        if method.rewind_epoch > self.schedule.epochs:
+            raise ValueError("method.rewind_epoch: must not exceed schedule.epochs")
+        if method.name == "sculpt":
+            if not method.targets:
+                raise ValueError("method.targets: sculpt needs at least one target sparsity")
+            if any(not self.mask.sparsity < t < 1 for t in method.targets):
+                raise ValueError("method.targets: each target must lie between mask.sparsity (the start) and 1")
+        elif method.targets:
+            raise ValueError(f"method.targets: only sculpt prunes to targets, not {method.name!r}")
+        if method.name == "coupled":
+            if method.source is None:
+                raise ValueError("method.source: coupled needs the run (directory or YAML config) giving its mask")
+            if self.mask.sparsity > 0:
+                raise ValueError("mask.sparsity: coupled takes its mask, and so its sparsity, from method.source")
+        elif method.source is not None:
+            raise ValueError(f"method.source: only coupled takes a source run, not {method.name!r}")
         return self
 
     def canonical(self) -> dict[str, Any]:

@@ -34,6 +34,10 @@ def stage_end(run: Path, stage: int) -> Path:
     return checkpoints(run) / f"stage{stage:03d}-end.pt"
 
 
+def stage_ends(run: Path) -> list[Path]:
+    return sorted(checkpoints(run).glob("stage[0-9][0-9][0-9]-end.pt"))
+
+
 def init_weights(run: Path) -> Path:
     return run / "init.pt"
 

@@ -56,8 +56,10 @@ def run_dataset(
     layers: list[str],
     noisy_indices: torch.Tensor,
     attrs: dict[str, Any],
+    per_stage: dict[str, list[Any]] | None = None,
 ):
-    """Dims `stage` and `epoch` for the metrics, `stage` x `layer` for the mask, `noisy` for label-noise indices."""
+    """Dims `stage` and `epoch` for the metrics, `stage` x `layer` for the mask, `stage` alone for `per_stage`
+    values (kind, epochs, FLOPs), `noisy` for label-noise indices."""
     import xarray as xr
 
     coords = {"stage": np.arange(stages), "epoch": np.arange(1, epochs + 1)}
@@ -68,6 +70,8 @@ def run_dataset(
     if layers:
         data_vars["layer_density"] = (("stage", "layer"), np.asarray(layer_density, dtype=np.float64))
         coords["layer"] = np.asarray(layers, dtype=object)
+    for name, values in (per_stage or {}).items():
+        data_vars[name] = (("stage",), np.asarray(values, dtype=object if isinstance(values[0], str) else None))
     data_vars["noisy_index"] = (("noisy",), noisy_indices.cpu().numpy().astype(np.int64))
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 

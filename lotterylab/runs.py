@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lotterylab import checkpoint, data, masks, models, paths, results
+from lotterylab import checkpoint, data, flops, masks, models, paths, results
 from lotterylab.config import Config
 from lotterylab.methods import METHODS
 from lotterylab.train import Callback, EpochMetrics, Trainer, resolve_device
@@ -46,7 +46,7 @@ def _write_config(run: Path, cfg: Config) -> None:
 
 
 def _save_init(run: Path, trainer: Trainer) -> None:
-    """Weights at init, for methods that rewind; written once so a resumed run keeps the original."""
+    """The weights the run started from (a coupled run's chosen init), written once after stage 0 is prepared."""
     if not paths.init_weights(run).is_file():
         checkpoint.save(trainer.snapshots["init"], paths.init_weights(run))
 
@@ -74,9 +74,7 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
     trainer = Trainer(cfg, model, dataset, device)
     _write_config(run_dir, cfg)
-    _save_init(run_dir, trainer)
-
-    stages = METHODS[cfg.method.name](cfg)
+    stages = METHODS[cfg.method.name](cfg, Path(out))
     epochs = cfg.schedule.epochs
     state = checkpoint.latest_valid(run_dir)
     stage, epoch = 0, 0
@@ -93,6 +91,8 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
             if epoch == 0:
                 trainer.restart()
                 stages[stage].prepare(trainer, cfg, stage)
+                if stage == 0:
+                    _save_init(run_dir, trainer)
                 per_layer = masks.layer_density(trainer.mask)
                 layer_density.append([per_layer.get(name, 1.0) for name in trainer.params])
             density = masks.density(trainer.mask) if trainer.mask else 1.0
@@ -113,8 +113,12 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     finally:
         progress.close()
 
-    attrs = results.provenance(cfg, device)
-    dataset_out = results.run_dataset(history, len(stages), epochs, layer_density, list(trainer.params),
-                                      dataset.noisy_indices, attrs)
+    macs = flops.layer_macs(model, dataset.input_shape)
+    names = list(trainer.params)
+    cost = [flops.training_flops(macs, dict(zip(names, row)), len(dataset.train), epochs) for row in layer_density]
+    per_stage = {"stage_kind": [s.kind for s in stages], "stage_epochs": [epochs] * len(stages), "train_flops": cost}
+    attrs = {**results.provenance(cfg, device), "total_epochs": epochs * len(stages), "total_train_flops": sum(cost)}
+    dataset_out = results.run_dataset(history, len(stages), epochs, layer_density, names, dataset.noisy_indices,
+                                      attrs, per_stage)
     results.write(run_dir, dataset_out)
     return run_dir

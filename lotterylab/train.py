@@ -58,6 +58,7 @@ class Trainer:
         self.mask: masks.Mask = {}
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
         self.snapshots: dict[str, dict[str, Tensor]] = {}
+        self.saved_masks: dict[str, masks.Mask] = {}
         self.snapshot("init")
 
     def _new_optimizer(self) -> torch.optim.SGD:
@@ -78,9 +79,16 @@ class Trainer:
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
         self.mask_step()
 
-    def snapshot(self, name: str) -> None:
-        """Keep a CPU copy of all weights and buffers (init, rewind points); saved with every checkpoint."""
+    def snapshot(self, name: str, with_mask: bool = False) -> None:
+        """Keep a CPU copy of all weights and buffers (init, warmup point), and the mask if asked; checkpointed."""
         self.snapshots[name] = {key: value.detach().cpu().clone() for key, value in self.model.state_dict().items()}
+        if with_mask:
+            self.saved_masks[name] = {key: m.cpu().clone() for key, m in self.mask.items()}
+
+    def restore(self, name: str) -> None:
+        """Return to a snapshot taken `with_mask`: its mask first, then its weights."""
+        self.set_mask(self.saved_masks[name])
+        self.rewind(name)
 
     def rewind(self, name: str) -> None:
         """Load a snapshot's weights and buffers; the current mask is re-applied so pruned weights stay zero."""
@@ -152,6 +160,7 @@ class Trainer:
             "mask": {name: m.cpu() for name, m in self.mask.items()},
             "rng": rng,
             "snapshots": self.snapshots,
+            "saved_masks": self.saved_masks,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -161,6 +170,7 @@ class Trainer:
         self.mask = {name: m.to(self.device) for name, m in state["mask"].items()}
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
         self.snapshots = state["snapshots"]
+        self.saved_masks = state["saved_masks"]
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():

@@ -126,6 +126,27 @@ FROZEN_DEFAULTS = {
                  "gamma": 0.1, "final_lr": 0.0, "step": "iteration"},
     "mask": {"sparsity": 0.0, "criterion": "random", "allocation": "auto", "prune_first": True, "prune_last": True,
              "score_batches": 1, "score_batch_size": 512, "grasp_temperature": 200.0, "synflow_rounds": 100},
-    "method": {"name": "dense", "cycles": 1, "prune_fraction": 0.2, "rewind_epoch": 0},
+    "method": {"name": "dense", "cycles": 1, "prune_fraction": 0.2, "rewind_epoch": 0, "targets": [],
+               "prune_criterion": "magnitude", "source": None, "source_level": -1, "init": "random", "init_level": 0,
+               "flip_fraction": 0.2},
     "train": {"bf16": False, "channels_last": False, "compile": False, "deterministic": False},
 }
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"method": {"name": "sculpt"}, "mask": {"sparsity": 0.5}}, "method.targets"),
+        ({"method": {"name": "sculpt", "targets": [0.4]}, "mask": {"sparsity": 0.5}}, "method.targets"),
+        ({"method": {"name": "pai", "targets": [0.9]}, "mask": {"sparsity": 0.5}}, "method.targets"),
+        ({"method": {"name": "coupled"}}, "method.source"),
+        ({"method": {"name": "coupled", "source": "runs/x"}, "mask": {"sparsity": 0.5}}, "mask.sparsity"),
+        ({"method": {"name": "lrr", "source": "runs/x"}, "mask": {"sparsity": 0.5}}, "method.source"),
+        ({"method": {"name": "lrr", "rewind_epoch": 200}, "mask": {"sparsity": 0.5}}, "method.rewind_epoch"),
+        ({"method": {"name": "sculpt", "targets": [0.9], "prune_criterion": "grasp"}}, "method.prune_criterion"),
+        ({"method": {"name": "coupled", "source": "runs/x", "init": "signs_only"}}, "method.init"),
+    ],
+)
+def test_method_fields_are_checked_against_the_method(raw, field):
+    with pytest.raises(ConfigError, match=rf"config: {field}: "):
+        config.from_dict(raw)

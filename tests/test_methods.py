@@ -26,7 +26,7 @@ def make_trainer(method: str) -> tuple[Trainer, config.Config]:
 
 def trained_levels(method: str) -> tuple[Trainer, list[methods.Stage], dict[str, torch.Tensor]]:
     trainer, cfg = make_trainer(method)
-    stages = methods.METHODS[method](cfg)
+    stages = methods.METHODS[method](cfg, None)
     for epoch in range(2):
         trainer.train_epoch(0, epoch)
         stages[0].on_epoch_end(trainer, 0, epoch, None)
@@ -39,7 +39,7 @@ def trained_levels(method: str) -> tuple[Trainer, list[methods.Stage], dict[str,
 @pytest.mark.parametrize("method", ["imp", "wr", "lrr"])
 def test_each_level_starts_from_the_right_weights(method):
     trainer, _, learned = trained_levels(method)
-    start = {"imp": trainer.snapshots["init"], "wr": trainer.snapshots.get("rewind"), "lrr": learned}[method]
+    start = {"imp": trainer.snapshots["init"], "wr": trainer.snapshots.get("warmup"), "lrr": learned}[method]
     assert start is not None
     state = trainer.model.state_dict()
     for name, mask in trainer.mask.items():
@@ -55,15 +55,15 @@ def masks_density(trainer: Trainer) -> float:
     return masks.density(trainer.mask)
 
 
-def test_wr_rewind_point_is_taken_after_the_configured_epoch():
+def test_warmup_point_is_taken_after_the_configured_epoch():
     trainer, cfg = make_trainer("wr")
-    stages = methods.METHODS["wr"](cfg)
+    stages = methods.METHODS["wr"](cfg, None)
     trainer.train_epoch(0, 0)
     after_one = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     stages[0].on_epoch_end(trainer, 0, 0, None)
     trainer.train_epoch(0, 1)
     stages[0].on_epoch_end(trainer, 0, 1, None)
-    assert all(torch.equal(trainer.snapshots["rewind"][k], after_one[k]) for k in after_one)
+    assert all(torch.equal(trainer.snapshots["warmup"][k], after_one[k]) for k in after_one)
 
 
 def test_first_level_mask_matches_torch_global_magnitude_pruning():
