@@ -1,4 +1,4 @@
-"""Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]`."""
+"""Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]` and `lotterylab analyze ...`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs", help="root directory of run directories (default: runs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set schedule.epochs=5 (repeatable)")
+    from lotterylab import analyze
+
+    analyze.add_parser(commands)
     return parser
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from lotterylab import analyze
+    from lotterylab.checkpoint import CheckpointError
+
+    try:
+        path = analyze.main(args)
+    except (ValueError, CheckpointError) as error:  # AnalysisError and ConfigError are ValueErrors
+        print(f"lotterylab: error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "analyze":
+        return _analyze(args)
     from lotterylab import config
     from lotterylab.checkpoint import CheckpointError
     from lotterylab.masks import MaskError

@@ -1,0 +1,96 @@
+"""Rebuild a finished run for analysis: config, model, data and stage-end weights and masks; analysis file paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lotterylab import checkpoint, data, masks, models, paths, results
+from lotterylab.config import Config, ConfigError
+from lotterylab.train import resolve_device
+
+
+class AnalysisError(ValueError):
+    """An analysis cannot run on this input; the message is one line and names the file or argument."""
+
+
+def analysis(run: Path, name: str) -> Path:
+    """Where analysis `name` of a run is written (kept beside the run's own artifacts)."""
+    return Path(run) / "analysis" / f"{name}.nc"
+
+
+@dataclass(eq=False)
+class LoadedRun:
+    """A run's config, its model (weights as built, to be overwritten from a checkpoint) and its data on `device`."""
+
+    run: Path
+    cfg: Config
+    model: nn.Module
+    data: data.Data
+    device: torch.device
+    stages: int  # cycles or levels, as recorded in the run's results
+
+    def prunable_names(self) -> list[str]:
+        """Every conv/linear weight, in module order (a superset of the mask keys when a layer is kept dense)."""
+        return list(masks.prunable(self.model))
+
+    def stage_index(self, stage: int) -> int:
+        """Resolve a stage number, negative ones counting from the last stage; out of range is an error."""
+        if not -self.stages <= stage < self.stages:
+            raise AnalysisError(f"stage {stage}: the run {self.run} has stages 0..{self.stages - 1}")
+        return stage % self.stages
+
+    def state(self, stage: int) -> dict[str, Any]:
+        """The stage-end checkpoint of `stage` (model state dict and mask) on the CPU."""
+        path = paths.stage_end(self.run, self.stage_index(stage))
+        if not path.is_file():
+            raise AnalysisError(f"{path}: no stage-end checkpoint (is the run finished?)")
+        try:
+            return checkpoint.load(path)
+        except Exception as error:  # whatever the unpickler raised, the file is unusable
+            raise AnalysisError(f"{path}: unreadable checkpoint ({type(error).__name__})") from None
+
+    def attrs(self) -> dict[str, Any]:
+        """Provenance of the run plus the directory analysed."""
+        return {**results.provenance(self.cfg, self.device), "run_dir": str(self.run)}
+
+
+def read_config(run: Path) -> Config:
+    from lotterylab import config
+
+    path = paths.config(Path(run))
+    if not path.is_file():
+        raise AnalysisError(f"{path}: no such file (not a run directory?)")
+    return config.load(path)
+
+
+def load_run(run: str | Path, device: str | None = None) -> LoadedRun:
+    """Rebuild the model and data of the run in `run` exactly as it trained (same subsets and label noise)."""
+    run = Path(run)
+    cfg = read_config(run)
+    if not results.is_complete(run):
+        raise AnalysisError(f"{paths.results(run)}: missing or unfinished (finish the run with `lotterylab run`)")
+    stages = results.read(run).sizes["stage"]
+    target = resolve_device(device or cfg.train.device)
+    try:
+        dataset = data.load(cfg.data, cfg.seed, target)
+    except ConfigError as error:
+        raise AnalysisError(f"{paths.config(run)}: {error}") from None
+    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes).to(target)
+    return LoadedRun(run, cfg, model, dataset, target, stages)
+
+
+def full_mask(names: list[str], mask: masks.Mask, state: dict[str, Tensor]) -> masks.Mask:
+    """`mask` extended to every name in `names`, a layer without a mask entry being dense (all ones)."""
+    return {name: mask[name] if name in mask else torch.ones_like(state[name]) for name in names}
+
+
+def write(dataset: Any, path: Path) -> Path:
+    """Write an analysis Dataset atomically as netCDF and return its path."""
+    with checkpoint.atomic_path(path) as temp:
+        dataset.to_netcdf(temp, engine="h5netcdf")
+    return path
