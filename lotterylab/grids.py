@@ -1,0 +1,129 @@
+"""Study grids: run configs built from a base dict and named axes, run them all, collect them into one Dataset."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lotterylab import __version__, config, results, runs
+from lotterylab.config import Config
+
+Axis = dict[Any, dict[str, Any]]  # coordinate value -> overrides, as dotted config paths ("mask.sparsity": 0.9)
+STAGE_DIM = "cycle"  # a run's `stage`: a cycle of cyclic training, a pruning level of imp/wr/lrr (0 = dense)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a study: where it sits in the study's dims, and its validated config."""
+
+    coords: dict[str, Any]
+    config: Config
+
+
+def values(path: str, items: Iterable[Any]) -> Axis:
+    """An axis that sets one config field; each value is also its coordinate."""
+    return {item: {path: item} for item in items}
+
+
+def sparsities(levels: Iterable[float], method: str = "pai") -> Axis:
+    """A `sparsity` axis: 0 is the dense method, every other level `method` at that sparsity."""
+    return {
+        float(level): {"method.name": method, "mask.sparsity": float(level)} if level else
+        {"method.name": "dense", "mask.sparsity": 0.0}
+        for level in levels
+    }
+
+
+def _set(raw: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise config.ConfigError(f"{path}: {part} is not a section")
+    node[leaf] = copy.deepcopy(value)
+
+
+def grid(base: dict[str, Any], axes: dict[str, Axis], source: str = "study") -> list[Point]:
+    """Every combination of the axes applied to `base` (later axes win), validated before anything runs."""
+    points = []
+    for combination in itertools.product(*(axis.items() for axis in axes.values())):
+        raw = copy.deepcopy(base)
+        coords = {}
+        for dim, (coordinate, overrides) in zip(axes, combination):
+            coords[dim] = coordinate
+            for path, value in overrides.items():
+                _set(raw, path, value)
+        where = ", ".join(f"{dim}={value}" for dim, value in coords.items())
+        points.append(Point(coords, config.from_dict(raw, f"{source} [{where}]")))
+    return points
+
+
+def run_all(points: Sequence[Point], runs_root: str | Path) -> list[Path]:
+    """Train every point (finished runs are reused, interrupted ones resume); print one summary line."""
+    start, reused, run_dirs = time.time(), 0, []
+    for point in points:
+        reused += results.is_complete(Path(runs_root) / point.config.run_hash())
+        run_dirs.append(runs.run(point.config, runs_root))
+    print(f"{len(points)} runs: {len(points) - reused} trained, {reused} reused, {time.time() - start:.0f} s")
+    return run_dirs
+
+
+def _point_dataset(point: Point, run_dir: Path):
+    run = results.read(run_dir)
+    names = [*results.METRICS, *(["layer_density"] if "layer_density" in run else [])]
+    run = run[names].rename({"stage": STAGE_DIM})
+    run["epochs_per_cycle"] = point.config.schedule.epochs
+    run.attrs = {}
+    return run.expand_dims({dim: [value] for dim, value in point.coords.items()})
+
+
+def collect(points: Sequence[Point], runs_root: str | Path, attrs: dict[str, Any] | None = None):
+    """One Dataset over the points' dims × `cycle` × `epoch`; combinations not run and epochs past a run are NaN."""
+    import xarray as xr
+
+    run_dirs = [Path(runs_root) / point.config.run_hash() for point in points]
+    missing = [str(run_dir) for run_dir in run_dirs if not results.is_complete(run_dir)]
+    if missing:
+        raise ValueError(f"collect: {len(missing)} runs are not finished, e.g. {missing[0]}; call run_all first")
+    parts = [_point_dataset(point, run_dir) for point, run_dir in zip(points, run_dirs)]
+    dataset = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop")
+    first = points[0].config
+    dataset.attrs = {
+        "dataset": first.data.name,
+        "model": first.model.name,
+        "lotterylab_version": __version__,
+        "git_revision": results.git_revision(),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": json.dumps([{"coords": point.coords, "run_hash": point.config.run_hash()} for point in points]),
+        **(attrs or {}),
+    }
+    return dataset
+
+
+def cycle_end(dataset):
+    """Metrics at the last epoch of each cycle (or level): dims are the study's dims × `cycle`."""
+    last = dataset.epoch == dataset.epochs_per_cycle
+    names = [name for name in results.METRICS if name in dataset]
+    return dataset[names].where(last).max("epoch").assign_attrs(dataset.attrs)
+
+
+def final(data, dim: str = STAGE_DIM):
+    """Each run's value at the last cycle it trained (the runs of one study may train different numbers)."""
+    last = (data.notnull() * data[dim]).max(dim).astype(int)
+    return data.isel({dim: last})
+
+
+def save(dataset, output_dir: str | Path) -> Path:
+    """Write the study's Dataset as `results.nc` in the report directory."""
+    path = Path(output_dir) / "results.nc"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.to_netcdf(path, engine="h5netcdf")
+    return path
