@@ -100,3 +100,16 @@ def test_iterative_runs_resume_bitwise_across_levels(tmp_path, method, crash_at)
     resumed = runs.run(cfg, tmp_path / "resumed")
     last = len(methods.level_densities(cfg))
     assert_states_equal(checkpoint.load(paths.stage_end(reference, last)), checkpoint.load(paths.stage_end(resumed, last)))
+
+
+@pytest.mark.parametrize("method", ["imp", "wr", "lrr"])
+def test_iterative_methods_reach_90_percent_through_the_recorded_levels(tmp_path, method):
+    cfg = tiny(method={"name": method, "rewind_epoch": 1}, mask={"sparsity": 0.9}, schedule={"epochs": 1})
+    ds = results.read(runs.run(cfg, tmp_path))
+    expected = [0.8**k for k in range(11)] + [0.1]  # 0.8^11 < 0.1, so the last level lands on the target
+    total = 40 * 64 + 64 * 10  # tiny(): mlp 40 -> 64 -> 10
+    assert ds.density.isel(epoch=0).values.tolist() == pytest.approx(expected, abs=1 / total)
+    assert ds.stage_kind.values.tolist() == ["level"] * 12
+    sizes = [40 * 64, 64 * 10]
+    weighted = (ds.layer_density.values * sizes).sum(1) / total
+    assert weighted.tolist() == pytest.approx(ds.density.isel(epoch=0).values.tolist())
