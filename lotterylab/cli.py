@@ -1,4 +1,4 @@
-"""Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]` and `lotterylab analyze ...`."""
+"""Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]`, `analyze`, `study`, `studies`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,30 @@ def _parser() -> argparse.ArgumentParser:
     from lotterylab import analyze
 
     analyze.add_parser(commands)
+    study = commands.add_parser("study", help="execute a study notebook with papermill and render its offline report")
+    study.add_argument("name", help="study name; `lotterylab studies` lists them")
+    study.add_argument("--params", help="params YAML file (default: params/NAME/<scale>.yaml)")
+    study.add_argument("--scale", help="smoke, cpu, gpu or paper (default: cpu)")
+    study.add_argument("--reports", default="reports", help="root of report directories (default: reports)")
+    study.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
+    commands.add_parser("studies", help="list the studies, one line each")
     return parser
+
+
+def _study(args: argparse.Namespace) -> int:
+    from lotterylab import studies
+
+    if args.command == "studies":
+        for study in studies.STUDIES.values():
+            print(f"{study.name:<18} {study.description}")
+        return 0
+    try:
+        report = studies.run_study(args.name, args.params, args.scale, args.reports, args.runs)
+    except ValueError as error:  # StudyError and ConfigError are ValueErrors; a failed cell becomes a StudyError
+        print(f"lotterylab: error: {error}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -37,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "analyze":
         return _analyze(args)
+    if args.command in ("study", "studies"):
+        return _study(args)
     from lotterylab import config
     from lotterylab.checkpoint import CheckpointError
     from lotterylab.masks import MaskError

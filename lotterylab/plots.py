@@ -32,7 +32,8 @@ def setup() -> None:
 
     hv.renderer("bokeh")
     hv.Store.set_current_backend("bokeh")
-    display(HTML(f'<script type="text/javascript">{reports.bokehjs()}</script>'), metadata={reports.BOKEHJS_MARKER: True})
+    script = f'<script type="text/javascript">{reports.bokehjs()}</script>'
+    display(HTML(script), metadata={reports.BOKEHJS_MARKER: True})
 
 
 def show(figure: Any, caption: str) -> None:

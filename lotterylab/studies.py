@@ -84,14 +84,18 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
     if len(cells) != 1:
         raise StudyError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
     source = "".join(cells[0]["source"])
+    try:
+        statements = ast.parse(source).body
+    except SyntaxError as error:
+        raise StudyError(f"{notebook}: parameters cell is not valid Python (line {error.lineno})") from None
     defaults = {}
-    for statement in ast.parse(source).body:
+    for statement in statements:
         target = statement.targets[0] if isinstance(statement, ast.Assign) and len(statement.targets) == 1 else None
         if not isinstance(target, ast.Name):
             raise StudyError(f"{notebook}: parameters line {statement.lineno}: only `name = literal` is allowed")
         try:
             value = ast.literal_eval(statement.value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise StudyError(f"{notebook}: parameter {target.id}: not a literal") from None
         if not _is_plain(value):
             raise StudyError(f"{notebook}: parameter {target.id}: {type(value).__name__} is not a plain literal")

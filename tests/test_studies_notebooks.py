@@ -1,0 +1,76 @@
+"""Every study notebook executed at the smoke scale through `run_study`: its results.nc and its offline report."""
+
+import os
+import re
+
+import pytest
+
+from lotterylab import reports, results, studies
+
+EXPECTED_DIMS = {
+    "cyclic_training": {"method", "schedule", "seed", "cycle", "epoch", "layer"},
+    "layerwise_ratios": {"allocation", "sparsity", "seed", "cycle", "epoch", "layer"},
+    "label_noise": {"sparsity", "seed", "cycle", "epoch", "layer"},
+}
+FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2}
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """Shared run root; one thread per process, since tiny runs on a shared 2-core machine thrash with more."""
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield tmp_path_factory.mktemp("reports"), tmp_path_factory.mktemp("runs")
+    if previous is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = previous
+
+
+def test_every_registered_study_is_tested():
+    assert set(EXPECTED_DIMS) == set(studies.STUDIES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED_DIMS))
+def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
+    import xarray as xr
+
+    reports_root, runs_root = roots
+    html = studies.run_study(name, scale="smoke", reports_root=reports_root, runs_root=runs_root)
+    out = reports_root / name / "smoke"
+    assert html == out / "report.html" and (out / "nb" / f"{name}.ipynb").is_file()
+
+    with xr.open_dataset(out / "results.nc", engine="h5netcdf") as dataset:
+        assert set(dataset.dims) == EXPECTED_DIMS[name]
+        for variable in (*results.METRICS, "layer_density", "epochs_per_cycle"):
+            assert variable in dataset, variable
+        assert bool(dataset.test_acc.notnull().any())
+        assert dataset.attrs["study"] == name and dataset.attrs["git_revision"]
+
+    text = html.read_text()
+    bokehjs = reports.bokehjs()
+    assert text.count(bokehjs) == 1  # inlined once per report, not once per plot
+    rest = text.replace(bokehjs, "")  # BokehJS itself names a MathJax CDN it would load for TeX labels; none are used
+    assert not re.search(r"<script[^>]*\bsrc\s*=", rest), "every script must be inline"
+    assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']?(https?:)?//", rest), "no remote stylesheets"
+    assert "cdn." not in rest and "require.js" not in rest and "panel.min.js" not in text
+    assert rest.count("Bokeh.safely") == FIGURES[name]
+    assert "from lotterylab import" not in text  # code cells are hidden
+    assert rest.count("git ") >= FIGURES[name]  # every figure has a caption with the revision
+    assert len(text) < 2_500_000
+
+
+def test_a_failing_cell_is_one_line_naming_the_study_and_the_error(roots, monkeypatch):
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    def fail(*args, **kwargs):
+        raise PapermillExecutionError(3, 4, "source", "ConfigError", "study [seed=0]: schedule.epochs: must be > 0\nmore",
+                                      [])
+
+    monkeypatch.setattr(papermill, "execute_notebook", fail)
+    with pytest.raises(studies.StudyError, match=r"^label_noise \(.*smoke.yaml\): ConfigError: .*schedule.epochs: "
+                                                 r"must be > 0 \(see .*label_noise.ipynb\)$") as error:
+        studies.run_study("label_noise", scale="smoke", reports_root=roots[0], runs_root=roots[1])
+    assert "\n" not in str(error.value)
