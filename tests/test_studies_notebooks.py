@@ -66,8 +66,8 @@ def test_a_failing_cell_is_one_line_naming_the_study_and_the_error(roots, monkey
     from papermill.exceptions import PapermillExecutionError
 
     def fail(*args, **kwargs):
-        raise PapermillExecutionError(3, 4, "source", "ConfigError", "study [seed=0]: schedule.epochs: must be > 0\nmore",
-                                      [])
+        message = "study [seed=0]: schedule.epochs: must be > 0\nmore"
+        raise PapermillExecutionError(3, 4, "source", "ConfigError", message, [])
 
     monkeypatch.setattr(papermill, "execute_notebook", fail)
     with pytest.raises(studies.StudyError, match=r"^label_noise \(.*smoke.yaml\): ConfigError: .*schedule.epochs: "
