@@ -28,6 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sharpness.add_argument("--batches", type=int, default=8, help="training batches in the fixed subset")
     sharpness.add_argument("--batch-size", type=int, default=256, help="size of those batches")
     sharpness.add_argument("--max-iter", type=int, default=100, help="power iterations at most")
+    sharpness.add_argument("--tol", type=float, default=1e-4, help="stop when the estimate moves less (relative)")
     sharpness.add_argument("--trace-samples", type=int, default=0, help="Hutchinson trace samples (0: no trace)")
     signs = kinds.add_parser("signs", help="sign flips and mask overlap between stages, or against a reference run")
     signs.add_argument("--reference", help="reference run directory: sign and mask overlap of the last stages")
@@ -55,7 +56,7 @@ def _sharpness(args: argparse.Namespace, run: Path):
 
     from lotterylab import sharpness
 
-    per_stage = [sharpness.top_eigenvalue(run, stage, args.batches, args.batch_size, max_iter=args.max_iter,
+    per_stage = [sharpness.top_eigenvalue(run, stage, args.batches, args.batch_size, args.tol, args.max_iter,
                                           trace_samples=args.trace_samples, device=args.device)
                  for stage in args.stages or [-1]]
     dataset = xr.concat(per_stage, dim="stage", combine_attrs="override")

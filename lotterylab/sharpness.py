@@ -139,7 +139,7 @@ def top_eigenvalue(
     stage: int = -1,
     batches: int = 8,
     batch_size: int = 256,
-    tol: float = 1e-3,
+    tol: float = 1e-4,
     max_iter: int = 100,
     trace_samples: int = 0,
     seed: int = 0,
