@@ -91,10 +91,10 @@ ANALYSES = {"lmc": _lmc, "sharpness": _sharpness, "signs": _signs}
 
 def main(args: argparse.Namespace) -> Path:
     """Run the chosen analysis and write its Dataset; errors are ValueErrors with one line."""
-    from lotterylab import loading
+    from lotterylab import loading, paths
 
     run = Path(args.run_dir)
     if not run.is_dir():
         raise loading.AnalysisError(f"{run}: no such run directory")
     name, dataset = ANALYSES[args.analysis](args, run)
-    return loading.write(dataset, loading.analysis(run, name))
+    return loading.write(dataset, paths.analysis(run, name))

@@ -18,10 +18,6 @@ class AnalysisError(ValueError):
     """An analysis cannot run on this input; the message is one line and names the file or argument."""
 
 
-def analysis(run: Path, name: str) -> Path:
-    """Where analysis `name` of a run is written (kept beside the run's own artifacts)."""
-    return Path(run) / "analysis" / f"{name}.nc"
-
 
 @dataclass(eq=False)
 class LoadedRun:

@@ -38,6 +38,10 @@ def stage_ends(run: Path) -> list[Path]:
     return sorted(checkpoints(run).glob("stage[0-9][0-9][0-9]-end.pt"))
 
 
+def analysis(run: Path, name: str) -> Path:
+    return Path(run) / "analysis" / f"{name}.nc"
+
+
 def init_weights(run: Path) -> Path:
     return run / "init.pt"
 

@@ -152,11 +152,11 @@ def test_cli_writes_each_analysis_next_to_the_run(finished_run, capsys):
                        (["signs"], "signs")):
         assert cli.main(["analyze", *argv, str(finished_run)]) == 0
         out = capsys.readouterr().out.splitlines()
-        assert out[-1] == str(loading.analysis(finished_run, name))
-        assert loading.analysis(finished_run, name).is_file()
+        assert out[-1] == str(paths.analysis(finished_run, name))
+        assert paths.analysis(finished_run, name).is_file()
     import xarray as xr
 
-    with xr.open_dataset(loading.analysis(finished_run, "lmc"), engine="h5netcdf") as written:
+    with xr.open_dataset(paths.analysis(finished_run, "lmc"), engine="h5netcdf") as written:
         assert written.stage_a.values.tolist() == [1] and written.attrs["bn_batches"] == 1
 
 
