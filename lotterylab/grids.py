@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lotterylab import __version__, config, results, runs
 from lotterylab.config import Config
 
@@ -119,6 +121,54 @@ def final(data, dim: str = STAGE_DIM):
     """Each run's value at the last cycle it trained (the runs of one study may train different numbers)."""
     last = (data.notnull() * data[dim]).max(dim).astype(int)
     return data.isel({dim: last})
+
+
+def _stage_reaching(density, sparsity: float, tolerance: float) -> int:
+    """One run: the first stage at `sparsity` or beyond, moved to the last of the consecutive stages that share its
+    density (the final cycle of a cyclic run); -1 where none reaches it."""
+    reached = np.flatnonzero(density <= (1.0 - sparsity) * (1.0 + tolerance))
+    if not len(reached):
+        return -1
+    stage = int(reached[0])
+    while stage + 1 < len(density) and np.isclose(density[stage + 1], density[stage], rtol=1e-6):
+        stage += 1
+    return stage
+
+
+def stage_reaching(density, sparsity, tolerance: float = 0.02):
+    """Per run, the `cycle` index of the network that has reached `sparsity`: an iterative run's first level at or
+    beyond it, a SCULPT run's retraining stage for it (targets in increasing order), a fixed mask's last cycle.
+    `tolerance` is relative to the density, for masks that round to a whole number of weights; -1 where none does."""
+    import xarray as xr
+
+    return xr.apply_ufunc(_stage_reaching, density, sparsity, kwargs={"tolerance": tolerance},
+                          input_core_dims=[[STAGE_DIM], []], vectorize=True, output_dtypes=[int])
+
+
+def at_stage(data, stage):
+    """`data` at one `cycle` per run (`stage` from `stage_reaching`); NaN where the stage is -1."""
+    return data.isel({STAGE_DIM: stage.clip(min=0)}).where(stage >= 0)
+
+
+def costs(points: Sequence[Point], runs_root: str | Path, stage):
+    """Training epochs and estimated FLOPs each run spent to produce its network at `stage` (see
+    `flops.cost_to_reach`), over the dims of `stage`; points sharing one run read it once."""
+    import xarray as xr
+
+    from lotterylab import flops
+
+    epochs, train_flops = (xr.full_like(stage, np.nan, dtype=float) for _ in range(2))
+    cache: dict[str, Any] = {}
+    for point in points:
+        where = {dim: point.coords[dim] for dim in stage.dims}
+        index = int(stage.loc[where])
+        if index < 0:
+            continue
+        run_hash = point.config.run_hash()
+        if run_hash not in cache:
+            cache[run_hash] = results.read(Path(runs_root) / run_hash)
+        epochs.loc[where], train_flops.loc[where] = flops.cost_to_reach(cache[run_hash], index)
+    return xr.Dataset({"train_epochs": epochs, "train_flops": train_flops})
 
 
 def save(dataset, output_dir: str | Path) -> Path:

@@ -12,6 +12,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
 LABELS = {
     "cycles_trained": "LR cycles trained (levels for LRR/WR, counting the dense one)",
     "sparsity": "Sparsity",
+    "target": "Target sparsity",
     "total_epoch": "Epoch (all cycles)",
     "test_acc": "Test accuracy",
     "train_acc": "Train accuracy",
@@ -78,6 +79,24 @@ def bands(series: dict[str, Any], x: str, y: str, title: str, over: str = "seed"
     return hv.Overlay(overlays).opts(title=title, legend_position="bottom_right", show_grid=True, **SIZE)
 
 
+def shaded(low, high, x: str, y: str, label: str, color: str = "#7f7f7f", over: str = "seed"):
+    """The region between the means over `over` of `low` and `high` (e.g. a reference curve plus a gain), no line."""
+    import holoviews as hv
+
+    bottom, top = (np.asarray(data.mean(over).transpose(x).values, dtype=float) for data in (low, high))
+    keep = np.isfinite(bottom) & np.isfinite(top)
+    area = hv.Area((np.asarray(low[x].values)[keep], bottom[keep], top[keep]), _dimension(x),
+                   [_dimension(y), f"{y}_high"], label=label)
+    return area.opts(color=color, alpha=0.25, line_alpha=0)
+
+
+def overlay(layers: list[Any], title: str):
+    """Bands and shaded regions on shared axes, with the title, legend and size of every study figure."""
+    import holoviews as hv
+
+    return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", show_grid=True, **SIZE)
+
+
 def dots(series: dict[str, Any], x: str, y: str, title: str, over: str = "seed"):
     """Categorical `x`: the mean over `over` as a marker with a min–max error bar, one colour per series."""
     import holoviews as hv
@@ -104,6 +123,24 @@ def table(data, rows: str, columns: str, over: str = "seed", scale: float = 100.
              for mean_row, std_row in zip(mean.values, std.values)]
     return pd.DataFrame(cells, index=pd.Index(mean[rows].values, name=rows),
                         columns=pd.Index(mean[columns].values, name=columns))
+
+
+def summary(quantities: dict[str, tuple[Any, str]], rows: str, columns: str, over: str = "seed"):
+    """A DataFrame with a row per `rows` value and, per `columns` value, a column per named quantity: its mean over
+    `over` in the quantity's format (e.g. "{:.1f}", "{:.2e}"), with "± std" where the runs differ."""
+    import pandas as pd
+
+    cells: dict[tuple[Any, str], list[str]] = {}
+    for column in quantities[next(iter(quantities))][0][columns].values:
+        for name, (data, form) in quantities.items():
+            chosen = data.sel({columns: column})
+            mean, std = chosen.mean(over).transpose(rows).values, chosen.std(over).transpose(rows).values
+            cells[(column, name)] = [
+                "" if not np.isfinite(m) else form.format(m) + (f" ± {form.format(s)}" if s > 0 else "")
+                for m, s in zip(mean, std)
+            ]
+    index = pd.Index(quantities[next(iter(quantities))][0][rows].values, name=rows)
+    return pd.DataFrame(cells, index=index).rename_axis(columns=[columns, ""])
 
 
 def cycles_trained(data):

@@ -40,6 +40,8 @@ STUDIES: dict[str, Study] = {
         Study("cyclic_training", "dense and random-sparse, 1 vs N cycles; LRR and WR per level; cyclic vs one-cycle vs "
                                  "cosine at one budget (Fig. 2)"),
         Study("label_noise", "15% label noise: random-sparse cyclic training against dense (Fig. 9b)"),
+        Study("sculpt", "SCULPT-ing from random masks at several start sparsities against LRR and cyclic random PaI "
+                        "across targets, with epochs and FLOPs per target (Fig. 7, 8b-c, Table 2)"),
         Study("layerwise_ratios", "random masks with ERK, balanced and uniform layerwise ratios across sparsities, "
                                   "standard and cyclic (Fig. 13)"),
     )

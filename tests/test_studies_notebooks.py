@@ -11,8 +11,9 @@ EXPECTED_DIMS = {
     "cyclic_training": {"method", "schedule", "seed", "cycle", "epoch", "layer"},
     "layerwise_ratios": {"allocation", "sparsity", "seed", "cycle", "epoch", "layer"},
     "label_noise": {"sparsity", "seed", "cycle", "epoch", "layer"},
+    "sculpt": {"method", "target", "seed", "cycle", "epoch", "layer"},
 }
-FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2}
+FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2, "sculpt": 2}
 
 
 @pytest.fixture(scope="module")
