@@ -42,6 +42,10 @@ STUDIES: dict[str, Study] = {
         Study("label_noise", "15% label noise: random-sparse cyclic training against dense (Fig. 9b)"),
         Study("sculpt", "SCULPT-ing from random masks at several start sparsities against LRR and cyclic random PaI "
                         "across targets, with epochs and FLOPs per target (Fig. 7, 8b-c, Table 2)"),
+        Study("pruning_criteria", "SCULPT-ing's one-shot step with magnitude, random, SNIP and SynFlow scores across "
+                                  "targets (Fig. 9a)"),
+        Study("pai_cyclic", "random, SNIP, SynFlow and GraSP masks across sparsities, standard vs cyclic, with the "
+                            "dense cyclic gain shaded (Fig. 4)"),
         Study("layerwise_ratios", "random masks with ERK, balanced and uniform layerwise ratios across sparsities, "
                                   "standard and cyclic (Fig. 13)"),
     )

@@ -12,8 +12,11 @@ EXPECTED_DIMS = {
     "layerwise_ratios": {"allocation", "sparsity", "seed", "cycle", "epoch", "layer"},
     "label_noise": {"sparsity", "seed", "cycle", "epoch", "layer"},
     "sculpt": {"method", "target", "seed", "cycle", "epoch", "layer"},
+    "pruning_criteria": {"criterion", "target", "seed", "cycle", "epoch", "layer"},
+    "pai_cyclic": {"criterion", "sparsity", "seed", "cycle", "epoch", "layer"},
 }
-FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2, "sculpt": 2}
+FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2, "sculpt": 2, "pruning_criteria": 1,
+           "pai_cyclic": 4}
 
 
 @pytest.fixture(scope="module")
