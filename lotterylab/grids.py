@@ -171,6 +171,34 @@ def costs(points: Sequence[Point], runs_root: str | Path, stage):
     return xr.Dataset({"train_epochs": epochs, "train_flops": train_flops})
 
 
+def run_dir(point: Point, runs_root: str | Path) -> Path:
+    """A point's run directory, absolute: a coupled run names its source by it, and must not hash a relative path."""
+    return (Path(runs_root) / point.config.run_hash()).resolve()
+
+
+def coupled_sources(source_points: Sequence[Point], runs_root: str | Path, sparsities: Iterable[float],
+                    tolerance: float = 0.02) -> dict[Any, Axis]:
+    """Per seed of the iterative `source_points` (finished, one point per seed), a `sparsity` axis for coupled runs:
+    each target's source is that seed's run at its first level reaching the target (`stage_reaching`), an error where
+    no level does."""
+    import xarray as xr
+
+    density = cycle_end(collect(source_points, runs_root)).density
+    targets = xr.DataArray([float(level) for level in sparsities], dims="sparsity")
+    levels = stage_reaching(density, targets, tolerance)  # (seed, sparsity)
+    axes = {}
+    for point in source_points:
+        seed = point.coords["seed"]
+        chosen = levels.sel(seed=seed)
+        if int(chosen.min()) < 0:
+            raise config.ConfigError(f"method.source_level: {run_dir(point, runs_root)} reaches none of "
+                                     f"{targets.values.tolist()} at some level")
+        axes[seed] = {float(target): {"method.source": str(run_dir(point, runs_root)),
+                                      "method.source_level": int(level)}
+                      for target, level in zip(targets.values, chosen.values)}
+    return axes
+
+
 def save(dataset, output_dir: str | Path) -> Path:
     """Write the study's Dataset as `results.nc` in the report directory."""
     path = Path(output_dir) / "results.nc"

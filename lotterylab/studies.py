@@ -46,6 +46,8 @@ STUDIES: dict[str, Study] = {
                                   "targets (Fig. 9a)"),
         Study("pai_cyclic", "random, SNIP, SynFlow and GraSP masks across sparsities, standard vs cyclic, with the "
                             "dense cyclic gain shaded (Fig. 4)"),
+        Study("coupling", "LRR, WR and IMP against their masks retrained cyclically with random or warmup init, and "
+                          "a random mask, across sparsities (Fig. 5)"),
         Study("layerwise_ratios", "random masks with ERK, balanced and uniform layerwise ratios across sparsities, "
                                   "standard and cyclic (Fig. 13)"),
     )

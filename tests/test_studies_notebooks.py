@@ -14,9 +14,10 @@ EXPECTED_DIMS = {
     "sculpt": {"method", "target", "seed", "cycle", "epoch", "layer"},
     "pruning_criteria": {"criterion", "target", "seed", "cycle", "epoch", "layer"},
     "pai_cyclic": {"criterion", "sparsity", "seed", "cycle", "epoch", "layer"},
+    "coupling": {"method", "target", "seed", "cycle", "epoch", "layer"},
 }
 FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2, "sculpt": 2, "pruning_criteria": 1,
-           "pai_cyclic": 4}
+           "pai_cyclic": 4, "coupling": 1}
 
 
 @pytest.fixture(scope="module")
