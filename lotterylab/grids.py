@@ -6,7 +6,7 @@ import copy
 import itertools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -197,6 +197,66 @@ def coupled_sources(source_points: Sequence[Point], runs_root: str | Path, spars
                                       "method.source_level": int(level)}
                       for target, level in zip(targets.values, chosen.values)}
     return axes
+
+
+def per_run(points: Sequence[Point], runs_root: str | Path, analysis: Callable[[Path], Any]):
+    """`analysis(run_dir)` (an xarray Dataset) for every point, stacked along the points' dims; non-dim coordinates
+    and attrs are dropped so that the runs merge (the study's `runs` attr names every run)."""
+    import xarray as xr
+
+    parts = []
+    for point in points:
+        part = analysis(run_dir(point, runs_root)).reset_coords(drop=True)
+        part.attrs = {}
+        parts.append(part.expand_dims({dim: [value] for dim, value in point.coords.items()}))
+    return xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop")
+
+
+def at_each_stage(analysis: Callable[[Path, int], Any]) -> Callable[[Path], Any]:
+    """An analysis of one stage-end checkpoint, `analysis(run_dir, stage)`, made one of every stage along `cycle`."""
+    import xarray as xr
+
+    def every_stage(run: Path):
+        stages = results.read(run).sizes["stage"]
+        parts = [analysis(run, stage).reset_coords(drop=True) for stage in range(stages)]
+        return xr.concat(parts, dim=STAGE_DIM, combine_attrs="override").assign_coords({STAGE_DIM: np.arange(stages)})
+
+    return every_stage
+
+
+def against_source(run: Path):
+    """Sign and mask overlap (`signs.against_reference`) of a coupled run's final weights with its source's weights
+    at the level whose mask it trained with."""
+    from lotterylab import loading, signs
+
+    method = loading.read_config(run).method
+    return signs.against_reference(run, method.source, reference_stage=method.source_level)
+
+
+def lmc_between_epochs(run: Path, epochs: Sequence[int], alphas: Sequence[float] | None = None,
+                       bn_batches: int | None = None):
+    """LMC between a one-stage run's per-epoch checkpoints at consecutive `epochs` (e.g. every E epochs of one long
+    cycle, to compare with cyclic training's cycle ends); dims `pair`, `alpha`. The run must have been trained with
+    `train.keep_checkpoints` covering those epochs (an unhashed setting: a run finished without it has lost them)."""
+    import xarray as xr
+
+    from lotterylab import checkpoint, lmc, loading, paths
+
+    loaded = loading.load_run(run)
+    states = []
+    for epoch in epochs:
+        path = paths.checkpoint(Path(run), 0, epoch)
+        if not path.is_file():
+            raise loading.AnalysisError(f"{path}: no checkpoint; retrain the run with train.keep_checkpoints covering "
+                                        f"epoch {epoch}")
+        states.append(checkpoint.load(path))
+    per_pair = [lmc.interpolate(loaded.model, a["model"], b["model"], loaded.data,
+                                lmc.ALPHAS if alphas is None else alphas,
+                                lmc.BN_BATCHES if bn_batches is None else bn_batches,
+                                a["mask"], b["mask"], loaded.cfg.data.batch_size)
+                for a, b in zip(states, states[1:])]
+    dataset = xr.concat(per_pair, dim="pair", combine_attrs="override")
+    return dataset.assign_coords(pair=np.arange(len(per_pair)))
 
 
 def save(dataset, output_dir: str | Path) -> Path:

@@ -22,6 +22,15 @@ LABELS = {
     "density": "Density",
     "layer_density": "Layer density",
     "layer_index": "Layer (input to output)",
+    "alpha": "Interpolation α (0: earlier cycle, 1: later cycle)",
+    "cycle_pair": "Cycles interpolated (k: cycle k to k + 1)",
+    "lmc_train_loss": "Train loss along the path",
+    "lmc_test_loss": "Test loss along the path",
+    "train_barrier": "Train loss barrier",
+    "test_barrier": "Test loss barrier",
+    "eigenvalue": "Top Hessian eigenvalue",
+    "epochs_trained": "Epochs trained",
+    "global_overlap": "Sign overlap with LRR",
 }
 SIZE = {"width": 640, "height": 360}
 
@@ -146,6 +155,12 @@ def summary(quantities: dict[str, tuple[Any, str]], rows: str, columns: str, ove
 def cycles_trained(data):
     """Relabel the `cycle` dim as the number of LR cycles trained so far (1-based), for plotting."""
     return data.assign_coords(cycle=data.cycle + 1).rename(cycle="cycles_trained")
+
+
+def epochs_trained(data, per_cycle: int):
+    """Relabel the `cycle` dim as the epochs trained by the end of each cycle, to put runs of different cycle lengths
+    (N cycles of E epochs, one cycle of N x E) on one axis."""
+    return data.assign_coords(cycle=(data.cycle + 1) * per_cycle).rename(cycle="epochs_trained")
 
 
 def total_epochs(data, per_cycle: int):

@@ -50,6 +50,11 @@ STUDIES: dict[str, Study] = {
                           "a random mask, across sparsities (Fig. 5)"),
         Study("layerwise_ratios", "random masks with ERK, balanced and uniform layerwise ratios across sparsities, "
                                   "standard and cyclic (Fig. 13)"),
+        Study("sign_sufficiency", "LRR mask with warmup signs and random magnitudes: cyclic vs one-cycle, 20% of signs "
+                                  "flipped; sign overlap with LRR (Fig. 8a, 10)"),
+        Study("lmc_barriers", "loss along the line between consecutive cycles: random mask cyclic vs one-cycle, LRR "
+                              "mask with warmup vs random init (Fig. 3a-b, 6)"),
+        Study("sharpness", "top Hessian eigenvalue after each cycle: dense vs sparse, cyclic vs one-cycle (Fig. 3c)"),
     )
 }
 

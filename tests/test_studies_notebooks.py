@@ -15,9 +15,21 @@ EXPECTED_DIMS = {
     "pruning_criteria": {"criterion", "target", "seed", "cycle", "epoch", "layer"},
     "pai_cyclic": {"criterion", "sparsity", "seed", "cycle", "epoch", "layer"},
     "coupling": {"method", "target", "seed", "cycle", "epoch", "layer"},
+    "sign_sufficiency": {"variant", "sparsity", "seed", "cycle", "epoch", "layer"},
+    "lmc_barriers": {"method", "seed", "cycle", "epoch", "layer", "cycle_pair", "alpha"},
+    "sharpness": {"method", "schedule", "seed", "cycle", "epoch", "layer"},
 }
 FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2, "sculpt": 2, "pruning_criteria": 1,
-           "pai_cyclic": 4, "coupling": 1}
+           "pai_cyclic": 4, "coupling": 1, "sign_sufficiency": 3, "lmc_barriers": 3, "sharpness": 2}
+ANALYSES = {  # analysis results merged into the study's Dataset, with their dims
+    "sign_sufficiency": {"global_sign_overlap": ("variant", "sparsity", "seed"), "lrr_test_acc": ("seed", "sparsity"),
+                         "sign_overlap": ("variant", "sparsity", "seed", "layer")},
+    "lmc_barriers": {"lmc_train_loss": ("method", "seed", "cycle_pair", "alpha"),
+                     "lmc_test_loss": ("method", "seed", "cycle_pair", "alpha"),
+                     "train_barrier": ("method", "seed", "cycle_pair"),
+                     "test_barrier": ("method", "seed", "cycle_pair")},
+    "sharpness": {"eigenvalue": ("method", "schedule", "seed", "cycle")},
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +63,8 @@ def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
         for variable in (*results.METRICS, "layer_density", "epochs_per_cycle"):
             assert variable in dataset, variable
         assert bool(dataset.test_acc.notnull().any())
+        for variable, dims in ANALYSES.get(name, {}).items():
+            assert set(dataset[variable].dims) == set(dims) and bool(dataset[variable].notnull().any()), variable
         assert dataset.attrs["study"] == name and dataset.attrs["git_revision"]
 
     text = html.read_text()
