@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[notebooks]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -18,7 +18,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core
-	$(BIN)/lotterylab run params/runs/cyclic.yaml
+	$(BIN)/lotterylab study sculpt --scale cpu
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
