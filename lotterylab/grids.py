@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lotterylab import __version__, config, results, runs
+from lotterylab import __version__, config, paths, results, runs
 from lotterylab.config import Config
 
 Axis = dict[Any, dict[str, Any]]  # coordinate value -> overrides, as dotted config paths ("mask.sparsity": 0.9)
@@ -92,7 +92,12 @@ def collect(points: Sequence[Point], runs_root: str | Path, attrs: dict[str, Any
     import xarray as xr
 
     run_dirs = [Path(runs_root) / point.config.run_hash() for point in points]
-    missing = [str(run_dir) for run_dir in run_dirs if not results.is_complete(run_dir)]
+    unfinished = [run_dir for run_dir in run_dirs if not results.is_complete(run_dir)]
+    corrupt = [str(paths.results(run_dir)) for run_dir in unfinished if paths.results(run_dir).is_file()]
+    if corrupt:
+        raise ValueError(f"collect: {len(corrupt)} results files do not match their {paths.done_marker(Path()).name}"
+                         f" checksum or have none, e.g. {corrupt[0]}; run_all rewrites them from their checkpoints")
+    missing = [str(run_dir) for run_dir in unfinished]
     if missing:
         raise ValueError(f"collect: {len(missing)} runs are not finished, e.g. {missing[0]}; call run_all first")
     parts = [_point_dataset(point, run_dir) for point, run_dir in zip(points, run_dirs)]

@@ -22,6 +22,10 @@ def done_marker(run: Path) -> Path:
     return run / "done.json"
 
 
+def lock(run: Path) -> Path:
+    return run / "lock"
+
+
 def checkpoints(run: Path) -> Path:
     return run / "checkpoints"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lotterylab import checkpoint, data, flops, masks, models, paths, results
+from lotterylab import checkpoint, data, flops, locks, masks, models, paths, results
 from lotterylab.config import Config
 from lotterylab.methods import METHODS
 from lotterylab.train import Callback, EpochMetrics, Trainer, resolve_device
@@ -63,10 +63,20 @@ def _save_epoch(run: Path, trainer: Trainer, progress: dict[str, Any], stage_don
 
 
 def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Path:
-    """Train the run described by `cfg` under `out/<hash>/`; return at once if it already finished."""
+    """Train the run described by `cfg` under `out/<hash>/`; return at once if it already finished.
+
+    Holds the run's lock while training: a second process given the same config waits, then returns the finished run.
+    """
     run_dir = paths.run_dir(Path(out), cfg.run_hash())
     if results.is_complete(run_dir):
         return run_dir
+    with locks.RunLock(paths.lock(run_dir)) as lock:
+        if not results.is_complete(run_dir):  # another process may have finished it while this one waited
+            _train(cfg, Path(out), run_dir, [*callbacks, lock])
+    return run_dir
+
+
+def _train(cfg: Config, out: Path, run_dir: Path, callbacks: list[Callback]) -> None:
     _apply_determinism(cfg)
     device = resolve_device(cfg.train.device)
     dataset = data.load(cfg.data, cfg.seed, device)
@@ -74,7 +84,7 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
     trainer = Trainer(cfg, model, dataset, device)
     _write_config(run_dir, cfg)
-    stages = METHODS[cfg.method.name](cfg, Path(out))
+    stages = METHODS[cfg.method.name](cfg, out)
     epochs = cfg.schedule.epochs
     state = checkpoint.latest_valid(run_dir)
     stage, epoch = 0, 0
@@ -121,4 +131,3 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     dataset_out = results.run_dataset(history, len(stages), epochs, layer_density, names, dataset.noisy_indices,
                                       attrs, per_stage)
     results.write(run_dir, dataset_out)
-    return run_dir

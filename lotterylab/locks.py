@@ -1,0 +1,132 @@
+"""A lock file per run directory, so that two processes given the same config never both train it.
+
+Rules (also in docs/reliability.md):
+- The lock is `<run>/lock`, created with O_CREAT | O_EXCL; it holds the holder's pid, host name and a random token.
+- The holder touches it at most every HEARTBEAT_S seconds while training, so a live lock is never old.
+- A lock is stale when its pid is dead on this host, or when it has not been touched for `stale_after` seconds
+  (default STALE_AFTER_S, or the LOTTERYLAB_STALE_LOCK_S environment variable). A stale lock is taken over
+  with a warning naming the file and its holder.
+- A process that finds a live lock waits (polling every POLL_S seconds) until it is released or goes stale.
+- The lock is released in `finally`, and only by its holder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+STALE_AFTER_S = 3600.0
+HEARTBEAT_S = 60.0
+POLL_S = 1.0
+
+
+def _pid_is_dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
+class RunLock:
+    """Context manager holding `path` exclusively; also a training callback that keeps the lock fresh."""
+
+    def __init__(self, path: Path, stale_after: float | None = None, poll: float = POLL_S):
+        self.path = Path(path)
+        self.stale_after = stale_after if stale_after is not None else float(
+            os.environ.get("LOTTERYLAB_STALE_LOCK_S", STALE_AFTER_S))
+        self.poll = poll
+        self.token = uuid.uuid4().hex
+        self.last_touch = 0.0
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {}  # unreadable or half-written: judged by its age alone
+
+    def _stale_reason(self, holder: dict) -> str | None:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+                and _pid_is_dead(holder["pid"]):
+            return f"pid {holder['pid']} is dead on this host"
+        if age > self.stale_after:
+            return f"untouched for {age:.0f} s (> {self.stale_after:.0f} s)"
+        return None
+
+    def _try_create(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "token": self.token}
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(holder, handle)
+        self.last_touch = time.monotonic()
+        return True
+
+    def _take_over(self, holder: dict, reason: str) -> None:
+        """Move the stale lock aside, and delete it only if it is still the one judged stale."""
+        aside = self.path.with_name(f"{self.path.name}.stale.{self.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text())
+        except (ValueError, OSError):
+            moved = {}
+        if moved != holder:  # a new holder locked it between our check and the rename: give it back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        else:
+            warnings.warn(f"{self.path}: taking over a stale lock ({reason}; holder {holder})", stacklevel=3)
+        aside.unlink(missing_ok=True)
+
+    def acquire(self) -> None:
+        waiting = False
+        while not self._try_create():
+            holder = self._holder()
+            if holder is None:
+                continue
+            reason = self._stale_reason(holder)
+            if reason is not None:
+                self._take_over(holder, reason)
+                continue
+            if not waiting:
+                print(f"lotterylab: {self.path} is held by {holder}; waiting", file=sys.stderr, flush=True)
+                waiting = True
+            time.sleep(self.poll)
+
+    def release(self) -> None:
+        holder = self._holder()
+        if holder and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def on_step(self, trainer, stage: int, epoch: int, step: int) -> None:
+        if time.monotonic() - self.last_touch > HEARTBEAT_S:
+            os.utime(self.path)
+            self.last_touch = time.monotonic()
