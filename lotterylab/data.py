@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import random
@@ -196,6 +197,10 @@ class FolderSplit:
             yield (x - mean) / std, y.to(self.device, non_blocking=True)
 
 
+class DataError(ValueError):
+    """A data file that cannot be read; the message is one line naming the file."""
+
+
 class _ImageFiles(torch.utils.data.Dataset):
     """(image, label) pairs read from paths; a module-level class so DataLoader workers can unpickle it."""
 
@@ -206,7 +211,11 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(self.loader(self.paths[index])), self.labels[index]
+        try:
+            image = self.loader(self.paths[index])
+        except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for broken files
+            raise DataError(f"{self.paths[index]}: unreadable image ({_one_line(error)})") from None
+        return self.transform(image), self.labels[index]
 
 
 @dataclass(eq=False)
@@ -290,6 +299,7 @@ def _fashion_mnist(cfg: DataConfig) -> Data:
         target = cache / "FashionMNIST" / "raw" / source.name.removesuffix(".gz")
         if not target.is_file():
             _gunzip(source, target)
+        _check_idx(target, source)
     splits = []
     for train in (True, False):
         try:
@@ -309,6 +319,19 @@ def _gunzip(source: Path, target: Path) -> None:
         _atomic_write(target, write)
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise ConfigError(f"{source}: corrupt gzip file ({_one_line(error)})") from None
+
+
+def _check_idx(path: Path, source: Path) -> None:
+    """An IDX file holds exactly the uint8 payload its header announces (magic 0x0800 + ndim, then the sizes)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+        ndim = head[3] if len(head) == 4 and head[:3] == b"\x00\x00\x08" else 0
+        dims = file.read(4 * ndim)
+    if ndim == 0 or len(dims) != 4 * ndim:
+        raise ConfigError(f"{source}: not an IDX uint8 file (bad header)")
+    expected = 4 + 4 * ndim + math.prod(int.from_bytes(dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
+    if path.stat().st_size != expected:
+        raise ConfigError(f"{source}: truncated or padded IDX file ({path.stat().st_size} bytes, header says {expected})")
 
 
 class _CheckedCIFAR:

@@ -508,3 +508,28 @@ def test_default_root_follows_the_environment(data_home: Path, monkeypatch: pyte
     assert data.default_root() == data_home
     monkeypatch.delenv("LOTTERYLAB_DATA")
     assert data.default_root() == Path.home() / ".cache" / "lotterylab"
+
+
+def test_truncated_idx_file_is_named(tmp_path: Path, data_home: Path) -> None:
+    write_fashion(tmp_path, train=6, test=2, seed=0)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(images.read_bytes())
+    images.write_bytes(gzip.compress(raw[: len(raw) - 100]))  # a valid gzip whose IDX payload is cut short
+    with pytest.raises(ConfigError) as error:
+        data.load(DataConfig(name="fashion_mnist", root=str(tmp_path)), seed=0)
+    assert "train-images-idx3-ubyte" in _one_line_error(error)
+    images.write_bytes(images.read_bytes()[:40])  # and a gzip stream cut short
+    with pytest.raises(ConfigError) as error:
+        data.load(DataConfig(name="fashion_mnist", root=str(tmp_path)), seed=0)
+    assert "train-images-idx3-ubyte" in _one_line_error(error)
+
+
+def test_unreadable_jpeg_in_an_image_folder_is_named(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"train": 2, "val": 1})
+    broken = sorted((tmp_path / "train").glob("*/1.jpg"))[0]
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    loaded = data.load(DataConfig(name="imagenet", root=str(tmp_path), image_size=32, workers=0), seed=0)
+    with pytest.raises(data.DataError) as error:
+        for _ in loaded.train.batches(4, _seeded(0), augment=True):
+            pass
+    assert _one_line_error(error).startswith(f"{broken}: unreadable image")
