@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import warnings
@@ -43,15 +44,54 @@ def atomic_write(path: Path, data: bytes) -> None:
         temp.write_bytes(data)
 
 
-def save(state: dict[str, Any], path: Path) -> None:
+DIGEST_KEY = "_sha256"
+"""Key of the content digest stored in every checkpoint: torch's zip format does not detect flipped bits."""
+
+
+def _feed(hasher: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        hasher.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        hasher.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            hasher.update(repr(key).encode())
+            _feed(hasher, value[key])
+    elif isinstance(value, (list, tuple)):
+        hasher.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(hasher, item)
+    else:
+        hasher.update(f"V{value!r}".encode())
+
+
+def digest(state: dict[str, Any]) -> str:
+    """SHA-256 over every tensor's dtype, shape and bytes and every other value's repr, in a fixed order."""
+    hasher = hashlib.sha256()
+    _feed(hasher, {key: value for key, value in state.items() if key != DIGEST_KEY})
+    return hasher.hexdigest()
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file: `state` plus its digest, in torch's format."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(path, buffer.getvalue())
+    torch.save({**state, DIGEST_KEY: digest(state)}, buffer)
+    return buffer.getvalue()
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    atomic_write(path, encode(state))
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Load tensors and plain containers only (`weights_only=True`); never falls back to full unpickling."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load tensors and plain containers only (`weights_only=True`, never a fallback) and verify the digest."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or DIGEST_KEY not in state:
+        raise CheckpointError(f"{path}: not a lotterylab checkpoint (no content digest)")
+    if state.pop(DIGEST_KEY) != digest(state):
+        raise CheckpointError(f"{path}: content digest mismatch (the file was altered or corrupted)")
+    return state
 
 
 def epoch_checkpoints(run: Path) -> list[tuple[tuple[int, int], Path]]:

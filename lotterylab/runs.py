@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -52,9 +51,7 @@ def _save_init(run: Path, trainer: Trainer) -> None:
 
 
 def _save_epoch(run: Path, trainer: Trainer, progress: dict[str, Any], stage_done: bool, keep: int) -> None:
-    buffer = io.BytesIO()
-    torch.save({**trainer.state_dict(), **progress}, buffer)
-    payload = buffer.getvalue()
+    payload = checkpoint.encode({**trainer.state_dict(), **progress})
     checkpoint.atomic_write(paths.checkpoint(run, progress["stage"], progress["epoch"]), payload)
     if stage_done:
         # Stage-end checkpoints outlive the keep-last rule: analyses (LMC, sharpness) read them later.

@@ -150,6 +150,57 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(reference, tmp_path
     assert_states_equal(final_state(reference, 1), final_state(run_dir, 1))
 
 
+def test_bit_flipped_checkpoint_is_detected_and_skipped(reference, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        runs.run(tiny(), tmp_path, callbacks=[Crash(1, 2, 0)])
+    run_dir = paths.run_dir(tmp_path, tiny().run_hash())
+    newest = checkpoint.epoch_checkpoints(run_dir)[-1][1]
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0x10  # inside the tensor data: torch.load alone would return altered weights
+    newest.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        checkpoint.load(newest)
+    with pytest.warns(UserWarning, match=newest.name):
+        runs.run(tiny(), tmp_path)
+    assert_states_equal(final_state(reference, 1), final_state(run_dir, 1))
+
+
+class PoisonWeights:
+    """Callback that makes the weights NaN at one step, as a diverging optimizer would."""
+
+    def __init__(self, stage: int, epoch: int):
+        self.at = (stage, epoch)
+
+    def on_step(self, trainer, stage, epoch, step):
+        if (stage, epoch) == self.at and step == 1:
+            with torch.no_grad():
+                next(iter(trainer.params.values())).fill_(float("nan"))
+
+
+def test_divergence_keeps_the_checkpoints_from_before_it(tmp_path):
+    cfg = tiny()
+    with pytest.raises(DivergenceError, match=r"stage 1, epoch 1, step 2"):
+        runs.run(cfg, tmp_path, callbacks=[PoisonWeights(1, 1)])
+    run_dir = paths.run_dir(tmp_path, cfg.run_hash())
+    assert not results.is_complete(run_dir)
+    (position, newest), = checkpoint.epoch_checkpoints(run_dir)[-1:]
+    assert position == (1, 1)  # the last epoch that finished before the loss went NaN
+    state = checkpoint.load(newest)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_deterministic_mode_is_reproducible_and_recorded(tmp_path):
+    cfg = tiny(train={"progress": False, "deterministic": True}, schedule={"epochs": 1})
+    first = runs.run(cfg, tmp_path / "a")
+    second = runs.run(cfg, tmp_path / "b")
+    assert torch.are_deterministic_algorithms_enabled()
+    weights = [checkpoint.load(paths.stage_end(run, 1))["model"] for run in (first, second)]
+    digests = {hashlib.sha256(b"".join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest() for w in weights}
+    assert len(digests) == 1
+    assert results.read(first).attrs["deterministic"] == 1
+    torch.use_deterministic_algorithms(False)
+
+
 def test_no_valid_checkpoint_stops_and_deletes_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         runs.run(tiny(), tmp_path, callbacks=[Crash(0, 2, 0)])
