@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import papermill
 import pytest
@@ -146,3 +147,24 @@ def test_code_in_a_string_value_stays_data_when_injected(tmp_path):
     namespace = {}
     exec(injected.source, namespace)  # what the kernel would run
     assert namespace["output_name"] == payload and not marker.exists()
+
+
+def test_config_paths_with_shell_syntax_stay_data(tmp_path, monkeypatch, capsys):
+    from lotterylab import cli
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    hostile = f"$(touch {marker}); `touch {marker}`.yaml"
+    assert cli.main(["run", hostile, "--out", str(tmp_path / "runs")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    assert cli.main(["study", "sculpt", "--params", hostile]) == 2
+    assert not marker.exists()
+    # The one subprocess the package starts (git, for provenance) takes an argument list, never a shell string.
+    sources = "\n".join(path.read_text() for path in paths_of_package())
+    assert "shell=True" not in sources and "os.system(" not in sources and "os.popen(" not in sources
+
+
+def paths_of_package():
+    import lotterylab
+
+    return sorted(Path(lotterylab.__file__).parent.glob("*.py"))
