@@ -72,7 +72,7 @@ def run_all(points: Sequence[Point], runs_root: str | Path) -> list[Path]:
     """Train every point (finished runs are reused, interrupted ones resume); print one summary line."""
     start, reused, run_dirs = time.time(), 0, []
     for point in points:
-        reused += results.is_complete(Path(runs_root) / point.config.run_hash())
+        reused += results.is_complete(run_dir(point, runs_root))
         run_dirs.append(runs.run(point.config, runs_root))
     print(f"{len(points)} runs: {len(points) - reused} trained, {reused} reused, {time.time() - start:.0f} s")
     return run_dirs
@@ -91,7 +91,7 @@ def collect(points: Sequence[Point], runs_root: str | Path, attrs: dict[str, Any
     """One Dataset over the points' dims × `cycle` × `epoch`; combinations not run and epochs past a run are NaN."""
     import xarray as xr
 
-    run_dirs = [Path(runs_root) / point.config.run_hash() for point in points]
+    run_dirs = [run_dir(point, runs_root) for point in points]
     unfinished = [run_dir for run_dir in run_dirs if not results.is_complete(run_dir)]
     corrupt = [str(paths.results(run_dir)) for run_dir in unfinished if paths.results(run_dir).is_file()]
     if corrupt:
@@ -163,22 +163,22 @@ def costs(points: Sequence[Point], runs_root: str | Path, stage):
     from lotterylab import flops
 
     epochs, train_flops = (xr.full_like(stage, np.nan, dtype=float) for _ in range(2))
-    cache: dict[str, Any] = {}
+    cache: dict[Path, Any] = {}
     for point in points:
         where = {dim: point.coords[dim] for dim in stage.dims}
         index = int(stage.loc[where])
         if index < 0:
             continue
-        run_hash = point.config.run_hash()
-        if run_hash not in cache:
-            cache[run_hash] = results.read(Path(runs_root) / run_hash)
-        epochs.loc[where], train_flops.loc[where] = flops.cost_to_reach(cache[run_hash], index)
+        directory = run_dir(point, runs_root)
+        if directory not in cache:
+            cache[directory] = results.read(directory)
+        epochs.loc[where], train_flops.loc[where] = flops.cost_to_reach(cache[directory], index)
     return xr.Dataset({"train_epochs": epochs, "train_flops": train_flops})
 
 
 def run_dir(point: Point, runs_root: str | Path) -> Path:
     """A point's run directory, absolute: a coupled run names its source by it, and must not hash a relative path."""
-    return (Path(runs_root) / point.config.run_hash()).resolve()
+    return paths.run_dir(Path(runs_root), point.config.run_hash()).resolve()
 
 
 def coupled_sources(source_points: Sequence[Point], runs_root: str | Path, sparsities: Iterable[float],

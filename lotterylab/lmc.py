@@ -141,21 +141,11 @@ def between_stages(
     device: str | None = None,
 ):
     """LMC between stage-end checkpoints of a finished run: consecutive stages by default; dims (`pair`, `alpha`)."""
-    import xarray as xr
-
     loaded = loading.load_run(run_dir, device)
-    if pairs is None:
-        pairs = [(stage, stage + 1) for stage in range(loaded.stages - 1)]
-    if not pairs:
-        raise loading.AnalysisError(f"{loaded.run}: LMC between stages needs a run with at least two stages")
-    pairs = [(loaded.stage_index(a), loaded.stage_index(b)) for a, b in pairs]
+    pairs = loaded.stage_pairs(pairs, "LMC")
     per_pair = []
     for stage_a, stage_b in pairs:
         state_a, state_b = loaded.state(stage_a), loaded.state(stage_b)
         per_pair.append(interpolate(loaded.model, state_a["model"], state_b["model"], loaded.data, alphas, bn_batches,
                                     state_a["mask"], state_b["mask"], loaded.cfg.data.batch_size))
-    dataset = xr.concat(per_pair, dim="pair", combine_attrs="override")
-    dataset = dataset.assign_coords(pair=np.arange(len(pairs)), stage_a=("pair", [a for a, _ in pairs]),
-                                    stage_b=("pair", [b for _, b in pairs]))
-    dataset.attrs.update(loaded.attrs())
-    return dataset
+    return loaded.stack_pairs(per_pair, pairs)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -39,6 +41,24 @@ class LoadedRun:
         if not -self.stages <= stage < self.stages:
             raise AnalysisError(f"stage {stage}: the run {self.run} has stages 0..{self.stages - 1}")
         return stage % self.stages
+
+    def stage_pairs(self, pairs: Sequence[tuple[int, int]] | None, analysis: str) -> list[tuple[int, int]]:
+        """Stage pairs as indices (negative stages count from the last); every consecutive pair when None."""
+        if pairs is None:
+            pairs = [(stage, stage + 1) for stage in range(self.stages - 1)]
+        if not pairs:
+            raise AnalysisError(f"{self.run}: {analysis} between stages needs a run with at least two stages")
+        return [(self.stage_index(a), self.stage_index(b)) for a, b in pairs]
+
+    def stack_pairs(self, per_pair: list[Any], pairs: list[tuple[int, int]]) -> Any:
+        """One Dataset per pair, stacked along `pair` with its `stage_a`, `stage_b` and the run's provenance."""
+        import xarray as xr
+
+        dataset = xr.concat(per_pair, dim="pair", combine_attrs="override")
+        dataset = dataset.assign_coords(pair=np.arange(len(pairs)), stage_a=("pair", [a for a, _ in pairs]),
+                                        stage_b=("pair", [b for _, b in pairs]))
+        dataset.attrs.update(self.attrs())
+        return dataset
 
     def state(self, stage: int) -> dict[str, Any]:
         """The stage-end checkpoint of `stage` (model state dict and mask) on the CPU."""

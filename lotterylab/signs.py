@@ -96,11 +96,7 @@ def between_stages(run_dir: str | Path, pairs: Sequence[tuple[int, int]] | None 
     import xarray as xr
 
     loaded = loading.load_run(run_dir, device)
-    if pairs is None:
-        pairs = [(stage, stage + 1) for stage in range(loaded.stages - 1)]
-    if not pairs:
-        raise loading.AnalysisError(f"{loaded.run}: signs between stages need a run with at least two stages")
-    pairs = [(loaded.stage_index(a), loaded.stage_index(b)) for a, b in pairs]
+    pairs = loaded.stage_pairs(pairs, "signs")
     names, per_pair = loaded.prunable_names(), []
     for stage_a, stage_b in pairs:
         state_a, state_b = loaded.state(stage_a), loaded.state(stage_b)
@@ -108,11 +104,7 @@ def between_stages(run_dir: str | Path, pairs: Sequence[tuple[int, int]] | None 
         mask_b = loading.full_mask(names, state_b["mask"], state_b["model"])
         flips = sign_flips(_weights(state_a["model"], names), _weights(state_b["model"], names), mask_a, mask_b)
         per_pair.append(xr.merge([flips, mask_overlap(mask_a, mask_b)]))
-    dataset = xr.concat(per_pair, dim="pair")
-    dataset = dataset.assign_coords(pair=np.arange(len(pairs)), stage_a=("pair", [a for a, _ in pairs]),
-                                    stage_b=("pair", [b for _, b in pairs]))
-    dataset.attrs.update(loaded.attrs())
-    return dataset
+    return loaded.stack_pairs(per_pair, pairs)
 
 
 def against_reference(run_dir: str | Path, reference_dir: str | Path, stage: int = -1, reference_stage: int = -1,
