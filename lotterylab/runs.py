@@ -74,57 +74,101 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
 
 
 def _train(cfg: Config, out: Path, run_dir: Path, callbacks: list[Callback]) -> None:
-    _apply_determinism(cfg)
-    device = resolve_device(cfg.train.device)
-    dataset = data.load(cfg.data, cfg.seed, device)
-    torch.manual_seed(cfg.seed)
-    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
-    trainer = Trainer(cfg, model, dataset, device)
-    _write_config(run_dir, cfg)
-    stages = METHODS[cfg.method.name](cfg, out)
-    epochs = cfg.schedule.epochs
-    state = checkpoint.latest_valid(run_dir)
-    stage, epoch = 0, 0
-    history: dict[str, list[float]] = {name: [] for name in results.METRICS}
-    layer_density: list[list[float]] = []
-    if state is not None:
-        trainer.load_state_dict(state)
-        stage, epoch, history, layer_density = state["stage"], state["epoch"], state["history"], state["layer_density"]
-
-    progress = Progress(len(stages) * epochs, stage * epochs + epoch, cfg.train.progress)
-    callbacks = [*callbacks, progress]
+    driver = RunDriver(cfg, out, run_dir, callbacks)
     try:
-        for stage in range(stage, len(stages)):
-            if epoch == 0:
-                trainer.restart()
-                stages[stage].prepare(trainer, cfg, stage)
-                if stage == 0:
-                    _save_init(run_dir, trainer)
-                per_layer = masks.layer_density(trainer.mask)
-                layer_density.append([per_layer.get(name, 1.0) for name in trainer.params])
-            density = masks.density(trainer.mask) if trainer.mask else 1.0
-            for epoch in range(epoch, epochs):
-                train_loss, train_acc, lr = trainer.train_epoch(stage, epoch, callbacks)
-                evaluate = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs
-                test_loss, test_acc = trainer.evaluate(dataset.test) if evaluate else (math.nan, math.nan)
-                metrics = EpochMetrics(train_loss, train_acc, test_loss, test_acc, lr)
-                for name, value in vars(metrics).items():
-                    history[name].append(value)
-                history["density"].append(density)
-                for callback in [stages[stage], *callbacks]:
-                    if hasattr(callback, "on_epoch_end"):
-                        callback.on_epoch_end(trainer, stage, epoch, metrics)
-                position = {"stage": stage, "epoch": epoch + 1, "history": history, "layer_density": layer_density}
-                _save_epoch(run_dir, trainer, position, epoch + 1 == epochs, cfg.train.keep_checkpoints)
-            epoch = 0
+        while not driver.done:
+            driver.begin_epoch()
+            driver.end_epoch(*driver.trainer.train_epoch(driver.stage, driver.epoch, driver.callbacks))
     finally:
-        progress.close()
+        driver.close()
+    driver.finish()
 
-    macs = flops.layer_macs(model, dataset.input_shape)
-    names = list(trainer.params)
-    cost = [flops.training_flops(macs, dict(zip(names, row)), len(dataset.train), epochs) for row in layer_density]
-    per_stage = {"stage_kind": [s.kind for s in stages], "stage_epochs": [epochs] * len(stages), "train_flops": cost}
-    attrs = {**results.provenance(cfg, device), "total_epochs": epochs * len(stages), "total_train_flops": sum(cost)}
-    dataset_out = results.run_dataset(history, len(stages), epochs, layer_density, names, dataset.noisy_indices,
-                                      attrs, per_stage)
-    results.write(run_dir, dataset_out)
+
+class RunDriver:
+    """One run advanced an epoch at a time, so that several runs can share one training step (lotterylab.packing).
+
+    `begin_epoch` prepares a stage at its first epoch; the caller trains the epoch; `end_epoch` evaluates (unless
+    given test metrics), records, calls back and checkpoints; `finish` writes results.nc once `done`.
+    """
+
+    def __init__(self, cfg: Config, out: Path, run_dir: Path, callbacks: Sequence[Callback] = ()):
+        _apply_determinism(cfg)
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = resolve_device(cfg.train.device)
+        self.dataset = data.load(cfg.data, cfg.seed, self.device)
+        torch.manual_seed(cfg.seed)
+        self.model = models.build(cfg.model, self.dataset.input_shape, self.dataset.num_classes)
+        self.trainer = Trainer(cfg, self.model, self.dataset, self.device)
+        _write_config(run_dir, cfg)
+        self.stages = METHODS[cfg.method.name](cfg, out)
+        self.epochs = cfg.schedule.epochs
+        self.stage, self.epoch = 0, 0
+        self.history: dict[str, list[float]] = {name: [] for name in results.METRICS}
+        self.layer_density: list[list[float]] = []
+        state = checkpoint.latest_valid(run_dir)
+        if state is not None:
+            self.trainer.load_state_dict(state)
+            self.stage, self.epoch = state["stage"], state["epoch"]
+            self.history, self.layer_density = state["history"], state["layer_density"]
+            if self.epoch == self.epochs:  # the last checkpoint ended a stage: the next one starts
+                self.stage, self.epoch = self.stage + 1, 0
+        self.progress = Progress(len(self.stages) * self.epochs, self.stage * self.epochs + self.epoch,
+                                 cfg.train.progress)
+        self.callbacks = [*callbacks, self.progress]
+        self.density = 1.0
+
+    @property
+    def done(self) -> bool:
+        return self.stage >= len(self.stages)
+
+    def begin_epoch(self) -> None:
+        """At a stage's first epoch: fresh optimizer, the stage's prepare, and its layer densities recorded."""
+        trainer = self.trainer
+        if self.epoch == 0:
+            trainer.restart()
+            self.stages[self.stage].prepare(trainer, self.cfg, self.stage)
+            if self.stage == 0:
+                _save_init(self.run_dir, trainer)
+            per_layer = masks.layer_density(trainer.mask)
+            self.layer_density.append([per_layer.get(name, 1.0) for name in trainer.params])
+        self.density = masks.density(trainer.mask) if trainer.mask else 1.0
+
+    @property
+    def evaluate_now(self) -> bool:
+        return (self.epoch + 1) % self.cfg.train.eval_every == 0 or self.epoch + 1 == self.epochs
+
+    def end_epoch(self, train_loss: float, train_acc: float, lr: float,
+                  test: tuple[float, float] | None = None) -> None:
+        """Evaluate (or take `test` = (loss, accuracy) measured by the caller), record, call back, checkpoint."""
+        if test is None:
+            test = self.trainer.evaluate(self.dataset.test) if self.evaluate_now else (math.nan, math.nan)
+        metrics = EpochMetrics(train_loss, train_acc, *test, lr)
+        for name, value in vars(metrics).items():
+            self.history[name].append(value)
+        self.history["density"].append(self.density)
+        for callback in [self.stages[self.stage], *self.callbacks]:
+            if hasattr(callback, "on_epoch_end"):
+                callback.on_epoch_end(self.trainer, self.stage, self.epoch, metrics)
+        position = {"stage": self.stage, "epoch": self.epoch + 1, "history": self.history,
+                    "layer_density": self.layer_density}
+        stage_done = self.epoch + 1 == self.epochs
+        _save_epoch(self.run_dir, self.trainer, position, stage_done, self.cfg.train.keep_checkpoints)
+        self.stage, self.epoch = (self.stage + 1, 0) if stage_done else (self.stage, self.epoch + 1)
+
+    def close(self) -> None:
+        self.progress.close()
+
+    def finish(self) -> None:
+        """Write results.nc: the history, per-stage layer densities, kinds, epochs and training FLOPs."""
+        cfg, dataset, epochs, stages = self.cfg, self.dataset, self.epochs, self.stages
+        macs = flops.layer_macs(self.model, dataset.input_shape)
+        names = list(self.trainer.params)
+        cost = [flops.training_flops(macs, dict(zip(names, row)), len(dataset.train), epochs)
+                for row in self.layer_density]
+        per_stage = {"stage_kind": [s.kind for s in stages], "stage_epochs": [epochs] * len(stages),
+                     "train_flops": cost}
+        attrs = {**results.provenance(cfg, self.device), "total_epochs": epochs * len(stages),
+                 "total_train_flops": sum(cost)}
+        dataset_out = results.run_dataset(self.history, len(stages), epochs, self.layer_density, names,
+                                          dataset.noisy_indices, attrs, per_stage)
+        results.write(self.run_dir, dataset_out)
