@@ -99,18 +99,23 @@ class RunLock:
             warnings.warn(f"{self.path}: taking over a stale lock ({reason}; holder {holder})", stacklevel=3)
         aside.unlink(missing_ok=True)
 
-    def acquire(self) -> None:
-        waiting = False
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free or stale; False at once if a live holder has it."""
         while not self._try_create():
             holder = self._holder()
             if holder is None:
                 continue
             reason = self._stale_reason(holder)
-            if reason is not None:
-                self._take_over(holder, reason)
-                continue
+            if reason is None:
+                return False
+            self._take_over(holder, reason)
+        return True
+
+    def acquire(self) -> None:
+        waiting = False
+        while not self.try_acquire():
             if not waiting:
-                print(f"lotterylab: {self.path} is held by {holder}; waiting", file=sys.stderr, flush=True)
+                print(f"lotterylab: {self.path} is held by {self._holder()}; waiting", file=sys.stderr, flush=True)
                 waiting = True
             time.sleep(self.poll)
 
