@@ -1,4 +1,5 @@
-"""Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]`, `analyze`, `study`, `studies`."""
+"""Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]`, `sweep`, `analyze`, `study`,
+`studies`."""
 
 from __future__ import annotations
 
@@ -24,7 +25,29 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--reports", default="reports", help="root of report directories (default: reports)")
     study.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
     commands.add_parser("studies", help="list the studies, one line each")
+    sweep = commands.add_parser("sweep", help="a base config x grid axes, run by the executor the file names "
+                                              "(local, or slurm through submitit)")
+    sweep.add_argument("params", help="sweep YAML with sections base, axes and executor (see docs/scaling.md)")
+    sweep.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
+    sweep.add_argument("--executor", metavar="NAME",
+                       help="local or slurm: use this executor with its defaults instead of the file's executor section")
     return parser
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from lotterylab import sweeps
+    from lotterylab.checkpoint import CheckpointError
+    from lotterylab.executors import JobFailed
+    from lotterylab.masks import MaskError
+    from lotterylab.train import DivergenceError
+
+    try:
+        run_dirs = sweeps.run(args.params, args.runs, args.executor)
+    except (ValueError, MaskError, CheckpointError, DivergenceError, JobFailed) as error:  # ConfigError: ValueError
+        print(f"lotterylab: error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(str(run_dir) for run_dir in run_dirs))
+    return 0
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -62,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return _analyze(args)
     if args.command in ("study", "studies"):
         return _study(args)
-    from lotterylab import config
+    if args.command == "sweep":
+        return _sweep(args)
+    from lotterylab import config, distributed
     from lotterylab.checkpoint import CheckpointError
     from lotterylab.masks import MaskError
     from lotterylab.train import DivergenceError
@@ -75,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MaskError, CheckpointError, DivergenceError) as error:  # ConfigError is a ValueError
         print(f"lotterylab: error: {error}", file=sys.stderr)
         return 2
-    print(run_dir)
+    if distributed.is_main():  # under torchrun, one line for the whole run
+        print(run_dir)
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lotterylab import __version__, config, paths, results, runs
+from lotterylab import __version__, config, executors, paths, results
 from lotterylab.config import Config
 
 Axis = dict[Any, dict[str, Any]]  # coordinate value -> overrides, as dotted config paths ("mask.sparsity": 0.9)
@@ -68,14 +68,49 @@ def grid(base: dict[str, Any], axes: dict[str, Axis], source: str = "study") -> 
     return points
 
 
-def run_all(points: Sequence[Point], runs_root: str | Path) -> list[Path]:
-    """Train every point (finished runs are reused, interrupted ones resume); print one summary line."""
-    start, reused, run_dirs = time.time(), 0, []
-    for point in points:
-        reused += results.is_complete(run_dir(point, runs_root))
-        run_dirs.append(runs.run(point.config, runs_root))
-    print(f"{len(points)} runs: {len(points) - reused} trained, {reused} reused, {time.time() - start:.0f} s")
+def run_all(points: Sequence[Point], runs_root: str | Path,
+            executor: executors.Executor | dict[str, Any] | None = None) -> list[Path]:
+    """Train every point through `executor` (an executor, a params section such as `{name: slurm, ...}`, or None
+    for `local`): finished runs are reused, interrupted ones resume; print one summary line."""
+    start = time.time()
+    reused = sum(results.is_complete(run_dir(point, runs_root)) for point in points)
+    run_dirs = executors.resolve(executor)([point.config for point in points], runs_root)
+    pending = len(status(points, runs_root).pending)
+    print(f"{len(points)} runs: {len(points) - reused - pending} trained, {reused} reused"
+          f"{f', {pending} pending' if pending else ''}, {time.time() - start:.0f} s")
     return run_dirs
+
+
+@dataclass(frozen=True)
+class Status:
+    """Which points of a study have finished runs and which are still pending (queued, running or not started)."""
+
+    finished: list[Point]
+    pending: list[Point]
+
+    def __str__(self) -> str:
+        return f"{len(self.finished)} of {len(self.finished) + len(self.pending)} runs finished, " \
+               f"{len(self.pending)} pending"
+
+
+def status(points: Sequence[Point], runs_root: str | Path) -> Status:
+    """Split the points by whether their run has finished: `collect(status(...).finished, ...)` reads what is done."""
+    done = [results.is_complete(run_dir(point, runs_root)) for point in points]
+    return Status([p for p, ok in zip(points, done) if ok], [p for p, ok in zip(points, done) if not ok])
+
+
+def wait(points: Sequence[Point], runs_root: str | Path, poll: float = 30.0, timeout: float | None = None) -> Status:
+    """Poll until every point's run has finished or `timeout` seconds have passed; print each change of count and
+    return the last status (runs may still be pending after a timeout)."""
+    start, shown = time.monotonic(), None
+    while True:
+        now = status(points, runs_root)
+        if str(now) != shown:
+            print(f"{now}, {time.monotonic() - start:.0f} s", flush=True)
+            shown = str(now)
+        if not now.pending or (timeout is not None and time.monotonic() - start >= timeout):
+            return now
+        time.sleep(poll)
 
 
 def _point_dataset(point: Point, run_dir: Path):

@@ -1,0 +1,192 @@
+"""Executors: hand a sweep's run configs to an engine (this process, or Slurm through submitit); get run dirs back.
+
+Every executor is `executor(configs, runs_root) -> run directories`. Runs are idempotent, resumable and locked
+(`runs.run`), so an executor only has to get `runs.run(cfg, runs_root)` called somewhere, as often as it likes:
+a finished run returns at once, an interrupted one resumes from its last checkpoint, and two executors handed the
+same run never train it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from lotterylab import checkpoint, paths, results, runs
+from lotterylab.config import Config, ConfigError, Section, _error_line
+
+Executor = Callable[[Sequence[Config], str | Path], list[Path]]
+
+
+def local(configs: Sequence[Config], runs_root: str | Path) -> list[Path]:
+    """Train each run in this process, one after another (finished runs return at once)."""
+    return [runs.run(cfg, runs_root) for cfg in configs]
+
+
+class LocalParams(Section):
+    name: Literal["local"] = Field("local", description="train in this process, one run after another")
+
+
+class SlurmParams(Section):
+    name: Literal["slurm"] = Field("slurm", description="submit each pending run as a Slurm job through submitit")
+    folder: str = Field("slurm_logs", description="submitit's folder: job scripts, pickles and logs, per job id")
+    partition: str | None = Field(None, description="Slurm partition; None is the cluster's default")
+    time_min: int = Field(1440, gt=0, description="wall-clock limit of one job in minutes; past it, it is requeued")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per job (one run uses one GPU)")
+    cpus_per_task: int = Field(1, gt=0, description="CPU cores per job")
+    mem: str | None = Field(None, description="memory per job in Slurm's syntax, e.g. 16G; None is the default")
+    array: bool = Field(True, description="one job array for the whole sweep; false: one job per run")
+    array_parallelism: int = Field(256, gt=0, description="at most this many array tasks run at once")
+    max_timeouts: int = Field(3, ge=0, description="requeues allowed after the time limit (preemptions: unlimited)")
+    signal_delay_s: int = Field(120, gt=0, description="seconds between Slurm's warning signal and the kill")
+    setup: list[str] = Field([], description="shell lines run before each job, e.g. module load or venv activation")
+    extra: dict[str, str | int] = Field({}, description="more sbatch options, e.g. {account: lab, qos: high}")
+    wait: bool = Field(True, description="block until every submitted run has finished; false: submit and return")
+    poll_s: float = Field(10.0, gt=0, description="seconds between checks while waiting")
+
+
+class JobFailed(RuntimeError):
+    """A cluster job ended without finishing its run; the message names the run and the job's log."""
+
+
+class TrainRun:
+    """The callable one Slurm job runs: `runs.run` on one config, requeued from its checkpoint when preempted.
+
+    submitit calls `checkpoint()` on SIGUSR2 (preemption, or `signal_delay_s` before the time limit) and requeues the
+    job with what it returns. Runs checkpoint every epoch, so the requeued job only has to call `runs.run` again.
+    """
+
+    def __init__(self, cfg: Config, runs_root: str):
+        self.cfg = cfg
+        self.runs_root = runs_root
+
+    def __call__(self) -> str:
+        run_dir = paths.run_dir(Path(self.runs_root), self.cfg.run_hash())
+        print(json.dumps({"run": str(run_dir), "start": start_position(run_dir)}), flush=True)
+        return str(runs.run(self.cfg, self.runs_root))
+
+    def checkpoint(self) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+def start_position(run_dir: Path) -> dict[str, int] | None:
+    """(stage, epoch) that `runs.run` resumes `run_dir` from: its newest per-epoch checkpoint; None for a fresh run."""
+    found = checkpoint.epoch_checkpoints(run_dir)
+    if not found:
+        return None
+    stage, epoch = found[-1][0]
+    return {"stage": stage, "epoch": epoch}
+
+
+def _queued_job_ids() -> set[str]:
+    """Job ids (array tasks one by one, as `123_4`) that Slurm still holds: pending, running or requeued."""
+    listing = subprocess.run(["squeue", "--me", "--array", "--noheader", "--format=%i"], capture_output=True,
+                             text=True, check=True)
+    return set(listing.stdout.split())
+
+
+class SlurmExecutor:
+    """Submits the pending runs of a sweep as Slurm jobs (a job array or one job each) and, by default, waits."""
+
+    def __init__(self, params: SlurmParams):
+        self.params = params
+        self.jobs: dict[Path, Any] = {}  # run dir -> submitit job, for this executor's submissions
+
+    def _submitit_executor(self) -> Any:
+        try:
+            import submitit
+        except ImportError:
+            raise ConfigError("executor: name: slurm needs submitit; pip install 'lotterylab[cluster]'") from None
+        executor = submitit.SlurmExecutor(folder=self.params.folder, max_num_timeout=self.params.max_timeouts)
+        options = {"partition": self.params.partition, "mem": self.params.mem, "gpus_per_node":
+                   self.params.gpus_per_node or None}
+        executor.update_parameters(
+            time=self.params.time_min, cpus_per_task=self.params.cpus_per_task,
+            array_parallelism=self.params.array_parallelism, signal_delay_s=self.params.signal_delay_s,
+            setup=list(self.params.setup), additional_parameters=dict(self.params.extra), job_name="lotterylab",
+            **{key: value for key, value in options.items() if value is not None})
+        return executor
+
+    def __call__(self, configs: Sequence[Config], runs_root: str | Path) -> list[Path]:
+        root = Path(runs_root).resolve()  # jobs start in another directory, maybe on another node
+        run_dirs = [paths.run_dir(root, cfg.run_hash()) for cfg in configs]
+        pending = {run_dir: cfg for run_dir, cfg in zip(run_dirs, configs) if not results.is_complete(run_dir)}
+        if pending:
+            executor = self._submitit_executor()
+            calls = [TrainRun(cfg, str(root)) for cfg in pending.values()]
+            if self.params.array:
+                with executor.batch():
+                    jobs = [executor.submit(call) for call in calls]
+            else:
+                jobs = [executor.submit(call) for call in calls]
+            self.jobs.update(zip(pending, jobs))
+            ids = ", ".join(job.job_id for job in jobs)
+            print(f"slurm: {len(pending)} runs submitted (jobs {ids}), {len(set(run_dirs)) - len(pending)} finished")
+        if self.params.wait:
+            self.wait(list(pending))
+        return run_dirs
+
+    def wait(self, run_dirs: Sequence[Path], timeout: float | None = None) -> None:
+        """Block until every run in `run_dirs` has finished; raise JobFailed naming a run whose job ended without."""
+        start, left = time.monotonic(), list(run_dirs)
+        while left:
+            queued = _queued_job_ids()  # read before the results: a job gone from it had exited before the check
+            left = [run_dir for run_dir in left if not results.is_complete(run_dir)]
+            for run_dir in left:
+                job = self.jobs.get(run_dir)
+                if job is not None and job.job_id not in queued:
+                    error = self._job_error(job)
+                    raise JobFailed(f"{run_dir}: Slurm job {job.job_id} ended without finishing the run ({error}); "
+                                    f"log: {job.paths.stderr}")
+            if left and timeout is not None and time.monotonic() - start > timeout:
+                raise TimeoutError(f"slurm: {len(left)} runs still pending after {timeout:.0f} s, e.g. {left[0]}")
+            if left:
+                time.sleep(self.params.poll_s)
+
+    @staticmethod
+    def _job_error(job: Any) -> str:
+        if not job.paths.result_pickle.exists():
+            return "cancelled, killed or lost: no result"
+        try:
+            job.result()
+        except Exception as error:  # the training error, pickled by the job
+            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return "returned, yet the run is not complete"
+
+
+EXECUTORS: dict[str, tuple[type[Section], Callable[[Any], Executor]]] = {
+    "local": (LocalParams, lambda params: local),
+    "slurm": (SlurmParams, SlurmExecutor),
+}
+
+
+def from_params(section: dict[str, Any] | None, source: str = "executor") -> Executor:
+    """The executor a params section names (`{name: slurm, partition: gpu, ...}`); None or {} is `local`."""
+    if section is None or section == {}:
+        return local
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: expected a mapping with a name, got {type(section).__name__}")
+    name = section.get("name")
+    if name is None:
+        raise ConfigError(f"{source}: name: missing; valid: {', '.join(sorted(EXECUTORS))}")
+    if name not in EXECUTORS:
+        raise ConfigError(f"{source}: name: unknown executor {name!r}; valid: {', '.join(sorted(EXECUTORS))}")
+    params_type, build = EXECUTORS[name]
+    try:
+        params = params_type.model_validate(section)
+    except ValidationError as error:
+        raise ConfigError(_error_line(error, source)) from None
+    return build(params)
+
+
+def resolve(executor: Executor | dict[str, Any] | None) -> Executor:
+    """An executor from what a caller holds: one already built, a params section, or None for `local`."""
+    return executor if callable(executor) else from_params(executor)
+

@@ -1,0 +1,68 @@
+"""`lotterylab sweep PARAMS.yaml`: a base run config × grid axes, handed to the executor the file names.
+
+The file holds three sections:
+- `base`: one run's config (as in params/runs/*.yaml);
+- `axes`: dim name -> either a list of values for the config field of that dotted name (`seed: [0, 1, 2]`,
+  `mask.sparsity: [0.5, 0.9]`), or a mapping of coordinate -> overrides (`method: {lrr: {method.name: lrr}}`);
+- `executor` (optional): `{name: local}` (the default) or `{name: slurm, partition: gpu, gpus_per_node: 1, ...}`,
+  see `executors.SlurmParams`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lotterylab import executors, grids
+from lotterylab.config import ConfigError
+
+SECTIONS = ("base", "axes", "executor")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep file: its points and the executor it names (built, ready to call)."""
+
+    points: list[grids.Point]
+    executor: executors.Executor
+
+
+def _axis(source: str, dim: str, spec: Any) -> grids.Axis:
+    if isinstance(spec, list) and spec:
+        return grids.values(dim, spec)
+    if isinstance(spec, dict) and spec and all(isinstance(overrides, dict) for overrides in spec.values()):
+        return spec
+    raise ConfigError(f"{source}: axes.{dim}: expected a non-empty list of values or a mapping of coordinate -> "
+                      f"overrides")
+
+
+def load(path: str | Path, executor_name: str | None = None) -> Sweep:
+    """Read and validate a sweep file; `executor_name` replaces its executor section by that executor's defaults."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such sweep file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
+    unknown = [key for key in raw if key not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown section; valid: {', '.join(SECTIONS)}")
+    for section in ("base", "axes"):
+        if not isinstance(raw.get(section), dict):
+            raise ConfigError(f"{path}: {section}: missing or not a mapping")
+    axes = {str(dim): _axis(str(path), str(dim), spec) for dim, spec in raw["axes"].items()}
+    points = grids.grid(raw["base"], axes, str(path))
+    section = {"name": executor_name} if executor_name else raw.get("executor")
+    return Sweep(points, executors.from_params(section, f"{path}: executor"))
+
+
+def run(path: str | Path, runs_root: str | Path, executor_name: str | None = None) -> list[Path]:
+    """Load the sweep and hand every point to its executor; the run directories, in the order of the points."""
+    sweep = load(path, executor_name)
+    return grids.run_all(sweep.points, runs_root, sweep.executor)
