@@ -24,10 +24,16 @@ from torch.func import functional_call, vmap
 from lotterylab import locks, masks, paths, results, runs
 from lotterylab.config import Config
 from lotterylab.schedules import lr_at
-from lotterylab.train import DivergenceError, Trainer
+from lotterylab.train import DivergenceError, Trainer, resolve_device
 
 MAX_PACK = 8
-"""Runs trained together at most; more pending runs form further packs."""
+"""Runs trained together at most on a GPU; more pending runs form further packs."""
+
+
+def default_max_pack(cfg: Config) -> int:
+    """MAX_PACK on CUDA; 1 (no packing) on CPU, where a pack of K measured no faster than K runs in turn
+    (benchmarks/bench_packing.py: a CPU core is already busy with one small run)."""
+    return MAX_PACK if resolve_device(cfg.train.device).type == "cuda" else 1
 
 UNPACKED_DATASETS = ("imagenet",)
 """Streamed from files by a DataLoader per run: nothing to gain from packing."""
@@ -203,20 +209,21 @@ def train_packed(cfgs: Sequence[Config], out: str | Path) -> None:
             lock.release()
 
 
-def run_many(cfgs: Sequence[Config], out: str | Path, max_pack: int = MAX_PACK) -> list[Path]:
+def run_many(cfgs: Sequence[Config], out: str | Path, max_pack: int | None = None) -> list[Path]:
     """Train every config (finished runs are reused), packing pending runs that share a `pack_key` in groups of at
-    most `max_pack`; returns the run directories in the order given."""
+    most `max_pack` (None: `default_max_pack`, by device); returns the run directories in the order given."""
     out = Path(out)
     run_dirs = [paths.run_dir(out, cfg.run_hash()) for cfg in cfgs]
     groups: dict[str | None, dict[str, Config]] = defaultdict(dict)
     for cfg, run_dir in zip(cfgs, run_dirs):
         if not results.is_complete(run_dir):
-            groups[pack_key(cfg) if max_pack > 1 else None][run_dir.name] = cfg
+            groups[pack_key(cfg)][run_dir.name] = cfg
     for key, pending in groups.items():
         members = list(pending.values())
-        if key is not None:
-            for start in range(0, len(members), max_pack):
-                chunk = members[start:start + max_pack]
+        size = max_pack or default_max_pack(members[0])
+        if key is not None and size > 1:
+            for start in range(0, len(members), size):
+                chunk = members[start:start + size]
                 if len(chunk) > 1:
                     train_packed(chunk, out)
     for cfg in cfgs:  # singles, runs another process held, and anything a pack left unfinished

@@ -50,9 +50,14 @@ def test_pack_key_separates_what_must_be_equal():
     assert packing.pack_key(tiny(train={"compile": True, "progress": False})) is None
 
 
+def test_packing_is_on_for_cuda_and_off_for_cpu():
+    assert packing.default_max_pack(tiny(train={"device": "cpu", "progress": False})) == 1
+    assert packing.default_max_pack(tiny(train={"device": "cuda", "progress": False})) == packing.MAX_PACK
+
+
 def test_three_packed_runs_equal_three_separate_runs(tmp_path):
     cfgs = mixed_configs()
-    packed_dirs = packing.run_many(cfgs, tmp_path / "packed")
+    packed_dirs = packing.run_many(cfgs, tmp_path / "packed", max_pack=8)
     solo_dirs = [runs.run(cfg, tmp_path / "solo") for cfg in cfgs]
     for packed_dir, solo_dir in zip(packed_dirs, solo_dirs):
         assert packed_dir.name == solo_dir.name and results.is_complete(packed_dir)
@@ -64,7 +69,7 @@ def test_three_packed_runs_equal_three_separate_runs(tmp_path):
 
 def test_packed_masks_stay_applied_and_match_solo(tmp_path):
     cfgs = mixed_configs()[:2]
-    for packed_dir in packing.run_many(cfgs, tmp_path / "packed"):
+    for packed_dir in packing.run_many(cfgs, tmp_path / "packed", max_pack=8):
         state = checkpoint.load(paths.stage_end(packed_dir, results.read(packed_dir).sizes["stage"] - 1))
         for name, mask in state["mask"].items():
             assert torch.all(state["model"][name][mask == 0] == 0), name
@@ -78,7 +83,7 @@ def test_batchnorm_conv_net_packs_with_per_run_statistics(tmp_path):
     cfgs = [tiny(seed=seed, data=image, model={"name": "resnet20"}, schedule={"epochs": 2, "warmup_epochs": 0.5},
                  method={"name": "pai", "cycles": 1}, mask={"sparsity": sparsity})
             for seed, sparsity in [(0, 0.5), (1, 0.8)]]
-    packed_dirs = packing.run_many(cfgs, tmp_path / "packed")
+    packed_dirs = packing.run_many(cfgs, tmp_path / "packed", max_pack=8)
     solo_dirs = [runs.run(cfg, tmp_path / "solo") for cfg in cfgs]
     for packed_dir, solo_dir in zip(packed_dirs, solo_dirs):
         # In fp32 the grouped convolution rounds differently and BatchNorm's backward amplifies it (a single step's
@@ -103,11 +108,11 @@ def test_a_packed_run_interrupted_resumes_to_the_solo_result(tmp_path, monkeypat
 
     monkeypatch.setattr(packing.Pack, "write_back", crash_after_four)
     with pytest.raises(KeyboardInterrupt):
-        packing.run_many(cfgs, tmp_path / "packed")
+        packing.run_many(cfgs, tmp_path / "packed", max_pack=8)
     monkeypatch.setattr(packing.Pack, "write_back", original)
     assert not any(results.is_complete(paths.run_dir(tmp_path / "packed", c.run_hash())) for c in cfgs)
     assert not list((tmp_path / "packed").glob("*/lock")), "locks are released on interruption"
-    packed_dirs = packing.run_many(cfgs, tmp_path / "packed")
+    packed_dirs = packing.run_many(cfgs, tmp_path / "packed", max_pack=8)
     for cfg, packed_dir in zip(cfgs, packed_dirs):
         assert_runs_close(packed_dir, runs.run(cfg, tmp_path / "solo"))
 
@@ -184,3 +189,13 @@ def test_a_diverging_run_fails_alone():
     assert outcomes[0][0] == pytest.approx(loss, rel=1e-5) and outcomes[0][1] == pytest.approx(accuracy, abs=1e-3)
     for (name, a), b in zip(healthy.model.state_dict().items(), reference.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_run_many_packs_only_runs_with_equal_keys_in_chunks_of_max_pack(tmp_path, monkeypatch):
+    cfgs = [*mixed_configs(), tiny(seed=3, optimizer={"lr": 0.1})]
+    chunks = []
+    original = packing.train_packed
+    monkeypatch.setattr(packing, "train_packed", lambda chunk, out: (chunks.append(chunk), original(chunk, out)))
+    run_dirs = packing.run_many(cfgs, tmp_path, max_pack=2)
+    assert [[c.seed for c in chunk] for chunk in chunks] == [[0, 1]]
+    assert all(results.is_complete(run_dir) for run_dir in run_dirs)
