@@ -47,6 +47,10 @@ class DataConfig(Section):
     num_classes: int = Field(10, gt=1, description="synthetic only: number of classes")
     image_size: int = Field(224, gt=0, description="imagenet only: crop size")
     workers: int = Field(4, ge=0, **_unhashed("imagenet only: DataLoader worker processes"))
+    decode: Literal["device", "pil", "ffcv"] = Field(
+        "device", description="imagenet only: JPEGs decoded and cropped on the training device (workers read bytes), "
+        "decoded and cropped by PIL in the workers, or train.beton/val.beton read by ffcv"
+    )
 
     @field_validator("name")
     @classmethod
