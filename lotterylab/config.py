@@ -187,6 +187,10 @@ class TrainConfig(Section):
     channels_last: bool = Field(False, description="channels_last memory format for image models")
     compile: bool = Field(False, description="torch.compile the model")
     deterministic: bool = Field(False, description="torch deterministic algorithms and a fixed cuBLAS workspace")
+    sync_batchnorm: bool = Field(
+        False, description="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) "
+        "rather than per rank; no effect in one process"
+    )
     device: str = Field("auto", **_unhashed("'auto', 'cpu' or 'cuda[:N]'"))
     progress: bool = Field(True, **_unhashed("show a progress bar"))
 

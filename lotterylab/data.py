@@ -53,9 +53,20 @@ def augment(x: Tensor, generator: torch.Generator) -> Tensor:
 
     The draws come from the CPU `generator` and are then moved, so the result does not depend on the device.
     """
+    return crop_and_flip(x, *augmentation_draws(len(x), generator))
+
+
+def augmentation_draws(batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Crop offsets (2, B) and flip flags (B,) for a batch, from the CPU `generator`; a rank keeps its rows."""
+    shifts = torch.randint(0, 2 * PAD + 1, (2, batch), generator=generator)
+    flips = torch.randint(0, 2, (batch,), generator=generator).to(torch.bool)
+    return shifts, flips
+
+
+def crop_and_flip(x: Tensor, shifts: Tensor, flips: Tensor) -> Tensor:
+    """Apply drawn crop offsets and flips to (B, C, H, W) images on x's device."""
     batch, channels, height, width = x.shape
-    shifts = torch.randint(0, 2 * PAD + 1, (2, batch), generator=generator).to(x.device)
-    flips = torch.randint(0, 2, (batch,), generator=generator).to(x.device, torch.bool)
+    shifts, flips = shifts.to(x.device), flips.to(x.device)
     padded = F.pad(x, (PAD, PAD, PAD, PAD))  # (B, C, H + 2P, W + 2P)
     rows = shifts[0, :, None] + torch.arange(height, device=x.device)  # (B, H)
     cols = torch.arange(width, device=x.device)
@@ -106,12 +117,16 @@ class TensorSplit:
         return -(-len(self) // batch_size)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
+        self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """(x float32, y int64) batches on the split's device; shuffled by `generator`, sequential when it is None.
 
         Images go uint8 -> float / 255 on the device, are augmented if asked, then normalized when mean/std are set.
+        With `shard` = (rank, world), each batch of `batch_size` is drawn as in one process (order and augmentation
+        from the same generator) and this rank keeps rows rank::world, so the ranks together see exactly that batch.
         """
+        rank, world = shard
         if augment and generator is None and self.is_image:
             raise ValueError("augmentation needs a generator")
         device = self.x.device
@@ -125,17 +140,17 @@ class TensorSplit:
             std = self.std.to(device).view(1, -1, 1, 1)
         for start in range(0, len(self), batch_size):
             index = order[start : start + batch_size]
+            if augment and self.is_image:
+                shifts, flips = augmentation_draws(len(index), generator)
+            index = index[rank::world]
             x, y = self.x[index], self.y[index]
             if self.is_image:
                 if augment:
-                    x = _augment(x, generator)  # on uint8: a quarter of the memory traffic of float
+                    x = crop_and_flip(x, shifts[:, rank::world], flips[rank::world])  # uint8: less memory traffic
                 x = x.float() / 255
                 if normalize:
                     x = (x - mean) / std
             yield x, y
-
-
-_augment = augment  # `batches` takes a flag named `augment`, which hides the function
 
 
 @dataclass(eq=False)
@@ -165,9 +180,13 @@ class FolderSplit:
         return -(-len(self) // batch_size)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
+        self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalized (x float32, y int64) batches; shuffled by a seed drawn from `generator`, sequential if None."""
+        """Normalized (x float32, y int64) batches; shuffled by a seed drawn from `generator`, sequential if None.
+
+        With `shard` = (rank, world), every rank draws the same order and keeps rows rank::world of each batch.
+        """
         from torchvision import transforms
         from torchvision.datasets.folder import default_loader
 
@@ -182,10 +201,19 @@ class FolderSplit:
         if generator is not None:
             # The loader's own generator sets the order and, with workers, their seeds: both follow `generator`.
             loader_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        sampling: dict[str, Any] = {"batch_size": batch_size, "shuffle": generator is not None}
+        rank, world = shard
+        if world > 1:
+            shuffled = loader_generator is not None
+            order = torch.randperm(len(self), generator=loader_generator) if shuffled else torch.arange(len(self))
+            starts = range(0, len(self), batch_size)
+            sampling = {"batch_sampler": [order[start : start + batch_size][rank::world].tolist() for start in starts]}
+            if shuffled:  # worker seeds come from the loader's generator: give each rank its own crops and flips
+                rank_seed = int(torch.randint(2**62, (), generator=loader_generator)) + rank
+                loader_generator = torch.Generator().manual_seed(rank_seed)
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size,
-            shuffle=generator is not None,
+            **sampling,
             generator=loader_generator,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",

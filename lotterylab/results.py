@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lotterylab import __version__, checkpoint, paths
+from lotterylab import __version__, checkpoint, distributed, paths
 from lotterylab.config import Config
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "density")
@@ -44,6 +44,7 @@ def provenance(cfg: Config, device: torch.device) -> dict[str, Any]:
         "seed": cfg.seed,
         "torch_version": str(torch.__version__),  # TorchVersion is a str subclass h5py cannot store
         "device": device_name(device),
+        "world_size": distributed.world_size(),  # processes (GPUs) of a torchrun run; 1 otherwise
         "deterministic": int(cfg.train.deterministic),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lotterylab import checkpoint, data, flops, locks, masks, models, paths, results
+from lotterylab import checkpoint, data, distributed, flops, locks, masks, models, paths, results
 from lotterylab.config import Config
 from lotterylab.methods import METHODS
 from lotterylab.train import Callback, EpochMetrics, Trainer, resolve_device
@@ -40,17 +41,19 @@ def _apply_determinism(cfg: Config) -> None:
 
 
 def _write_config(run: Path, cfg: Config) -> None:
-    if not paths.config(run).is_file():
+    if distributed.is_main() and not paths.config(run).is_file():
         checkpoint.atomic_write(paths.config(run), cfg.to_yaml().encode())
 
 
 def _save_init(run: Path, trainer: Trainer) -> None:
     """The weights the run started from (a coupled run's chosen init), written once after stage 0 is prepared."""
-    if not paths.init_weights(run).is_file():
+    if distributed.is_main() and not paths.init_weights(run).is_file():
         checkpoint.save(trainer.snapshots["init"], paths.init_weights(run))
 
 
 def _save_epoch(run: Path, trainer: Trainer, progress: dict[str, Any], stage_done: bool, keep: int) -> None:
+    if not distributed.is_main():  # every rank holds the same state; rank 0 writes it
+        return
     payload = checkpoint.encode({**trainer.state_dict(), **progress})
     checkpoint.atomic_write(paths.checkpoint(run, progress["stage"], progress["epoch"]), payload)
     if stage_done:
@@ -63,13 +66,17 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     """Train the run described by `cfg` under `out/<hash>/`; return at once if it already finished.
 
     Holds the run's lock while training: a second process given the same config waits, then returns the finished run.
+    Under torchrun every rank trains (DDP); rank 0 alone holds the lock and writes, and decides for all whether to.
     """
+    distributed.init(resolve_device(cfg.train.device))
     run_dir = paths.run_dir(Path(out), cfg.run_hash())
-    if results.is_complete(run_dir):
+    if distributed.broadcast_object(results.is_complete(run_dir)):
         return run_dir
-    with locks.RunLock(paths.lock(run_dir)) as lock:
-        if not results.is_complete(run_dir):  # another process may have finished it while this one waited
-            _train(cfg, Path(out), run_dir, [*callbacks, lock])
+    with locks.RunLock(paths.lock(run_dir)) if distributed.is_main() else contextlib.nullcontext() as lock:
+        # Another process may have finished it while this one waited; the other ranks wait here for rank 0's lock.
+        if not distributed.broadcast_object(results.is_complete(run_dir)):
+            _train(cfg, Path(out), run_dir, [*callbacks, lock] if lock else list(callbacks))
+    distributed.barrier()  # no rank returns before rank 0 has written the results
     return run_dir
 
 
@@ -113,7 +120,7 @@ class RunDriver:
             if self.epoch == self.epochs:  # the last checkpoint ended a stage: the next one starts
                 self.stage, self.epoch = self.stage + 1, 0
         self.progress = Progress(len(self.stages) * self.epochs, self.stage * self.epochs + self.epoch,
-                                 cfg.train.progress)
+                                 cfg.train.progress and distributed.is_main())
         self.callbacks = [*callbacks, self.progress]
         self.density = 1.0
 
@@ -127,6 +134,7 @@ class RunDriver:
         if self.epoch == 0:
             trainer.restart()
             self.stages[self.stage].prepare(trainer, self.cfg, self.stage)
+            trainer.broadcast_from_main()
             if self.stage == 0:
                 _save_init(self.run_dir, trainer)
             per_layer = masks.layer_density(trainer.mask)
@@ -171,4 +179,5 @@ class RunDriver:
                  "total_train_flops": sum(cost)}
         dataset_out = results.run_dataset(self.history, len(stages), epochs, self.layer_density, names,
                                           dataset.noisy_indices, attrs, per_stage)
-        results.write(self.run_dir, dataset_out)
+        if distributed.is_main():
+            results.write(self.run_dir, dataset_out)

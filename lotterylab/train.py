@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lotterylab import masks
+from lotterylab import distributed, masks
 from lotterylab.config import Config
 from lotterylab.data import Data, FolderSplit, TensorSplit
 from lotterylab.schedules import lr_at
@@ -39,9 +39,13 @@ class Callback(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when available; under torchrun an unnumbered 'cuda' is this process's GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and distributed.launched():
+        return torch.device("cuda", distributed.local_rank())
+    return device
 
 
 class Trainer:
@@ -51,7 +55,10 @@ class Trainer:
         self.cfg, self.data, self.device = cfg, data, device
         memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
         self.model = model.to(device=device, memory_format=memory_format)
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        # `forward` is the model wrapped for training: DDP under torchrun, then compiled if asked.
+        self.forward = distributed.wrap(self.model, device, cfg.train.sync_batchnorm)
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)
         self.params = masks.prunable(self.model, cfg.mask.prune_first, cfg.mask.prune_last)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
         self.optimizer = self._new_optimizer()
@@ -79,6 +86,14 @@ class Trainer:
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
         self.mask_step()
 
+    def broadcast_from_main(self) -> None:
+        """Give every rank rank 0's weights, buffers and mask, so a stage's pruning step agrees exactly everywhere."""
+        if not distributed.is_distributed():
+            return
+        distributed.check_same(list(self.mask), "mask layers")
+        distributed.broadcast_tensors([*self.model.state_dict().values(), *self.mask.values()])
+        self.set_mask(self.mask)
+
     def snapshot(self, name: str, with_mask: bool = False) -> None:
         """Keep a CPU copy of all weights and buffers (init, warmup point), and the mask if asked; checkpointed."""
         self.snapshots[name] = {key: value.detach().cpu().clone() for key, value in self.model.state_dict().items()}
@@ -102,15 +117,20 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last and x.dim() == 4 else x
 
     def train_epoch(self, stage: int, epoch: int, callbacks: Sequence[Callback] = ()) -> tuple[float, float, float]:
-        """One epoch of SGD with the per-step LR of the cycle; returns mean loss, accuracy and the last LR."""
+        """One epoch of SGD with the per-step LR of the cycle; returns mean loss, accuracy and the last LR.
+
+        Under torchrun each rank trains on its rows of every global batch of data.batch_size; metrics are summed
+        over ranks, so every rank returns the global values.
+        """
         self.model.train()
         split = self.data.train
-        steps = split.num_batches(self.cfg.data.batch_size)
+        batch_size, world = self.cfg.data.batch_size, distributed.world_size()
+        steps = split.num_batches(batch_size)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         first_bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
         lr = self.cfg.optimizer.lr
-        batches = split.batches(self.cfg.data.batch_size, self.generator, self.cfg.data.augment)
+        batches = split.batches(batch_size, self.generator, self.cfg.data.augment, (distributed.rank(), world))
         for step, (x, y) in enumerate(batches):
             lr = lr_at(self.cfg.schedule, self.cfg.optimizer.lr, epoch, step, steps)
             for group in self.optimizer.param_groups:
@@ -119,7 +139,10 @@ class Trainer:
                 logits = self.forward(self._input(x))
                 loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global batch makes that
+            # average the global batch's mean gradient, also when the last batch splits unevenly.
+            share = len(y) * world / min(batch_size, len(split) - step * batch_size)
+            (loss * share if world > 1 else loss).backward()
             self.optimizer.step()
             self.mask_step()
             detached = loss.detach()
@@ -131,23 +154,25 @@ class Trainer:
             for callback in callbacks:
                 if hasattr(callback, "on_step"):
                     callback.on_step(self, stage, epoch, step)
-        bad_step = int(first_bad_step)
-        if bad_step >= 0:
+        loss_sum, correct = distributed.sum_over_ranks(loss_sum), distributed.sum_over_ranks(correct)
+        bad_step = int(distributed.min_over_ranks(torch.where(first_bad_step < 0, steps, first_bad_step)))
+        if bad_step < steps:  # every rank raises together, at the first bad step of any rank
             raise DivergenceError(f"loss is not finite at stage {stage}, epoch {epoch}, step {bad_step}")
         count = len(split)
         return float(loss_sum) / count, float(correct) / count, lr
 
     @torch.no_grad()
     def evaluate(self, split: TensorSplit | FolderSplit) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+        """Mean cross-entropy and accuracy over a whole split, in eval mode; sharded over ranks under torchrun."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for x, y in split.batches(self.cfg.data.test_batch_size):
+        for x, y in split.batches(self.cfg.data.test_batch_size, shard=(distributed.rank(), distributed.world_size())):
             with self._autocast():
                 logits = self.forward(self._input(x)).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
+        loss_sum, correct = distributed.sum_over_ranks(loss_sum), distributed.sum_over_ranks(correct)
         return float(loss_sum) / len(split), float(correct) / len(split)
 
     def state_dict(self) -> dict[str, Any]:
