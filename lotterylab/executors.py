@@ -8,6 +8,7 @@ same run never train it twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -17,19 +18,21 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from lotterylab import checkpoint, paths, results, runs
+from lotterylab import checkpoint, packing, paths, results, runs
 from lotterylab.config import Config, ConfigError, Section, _error_line
 
 Executor = Callable[[Sequence[Config], str | Path], list[Path]]
 
 
-def local(configs: Sequence[Config], runs_root: str | Path) -> list[Path]:
-    """Train each run in this process, one after another (finished runs return at once)."""
-    return [runs.run(cfg, runs_root) for cfg in configs]
+def local(configs: Sequence[Config], runs_root: str | Path, max_pack: int | None = None) -> list[Path]:
+    """Train the runs in this process; on a GPU, pending runs sharing model and data train packed (lotterylab.packing);
+    finished runs return at once."""
+    return packing.run_many(configs, runs_root, max_pack)
 
 
 class LocalParams(Section):
-    name: Literal["local"] = Field("local", description="train in this process, one run after another")
+    name: Literal["local"] = Field("local", description="train in this process")
+    max_pack: int | None = Field(None, gt=0, description="runs trained as one packed model; None: 8 on CUDA, 1 on CPU")
 
 
 class SlurmParams(Section):
@@ -162,7 +165,7 @@ class SlurmExecutor:
 
 
 EXECUTORS: dict[str, tuple[type[Section], Callable[[Any], Executor]]] = {
-    "local": (LocalParams, lambda params: local),
+    "local": (LocalParams, lambda params: functools.partial(local, max_pack=params.max_pack)),
     "slurm": (SlurmParams, SlurmExecutor),
 }
 
