@@ -1,0 +1,180 @@
+"""A real single-node Slurm on localhost (munged, slurmctld, slurmd from a slurm.conf written here) running a sweep
+through the slurm executor: one job cancelled and requeued, one preempted through submitit's checkpoint hook; both
+resume from their checkpoints. Skips only where Slurm's binaries are absent (CI installs slurm-wlm and munge)."""
+
+import functools
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lotterylab import executors, grids, paths, results
+
+SBIN = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin"
+BINARIES = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo"]
+MISSING = [name for name in BINARIES if shutil.which(name, path=SBIN) is None]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(MISSING), reason=f"Slurm binaries absent: {', '.join(MISSING)}"
+                                                   f" (apt-get install slurm-wlm munge; .ci/run does)")]
+
+CYCLES, EPOCHS = 10, 4
+SWEEP = {  # long enough (40 epochs) that a job can be interrupted between its first and last cycle
+    "data": {"name": "mnist1d", "batch_size": 16, "train_size": 2000, "test_size": 128},
+    "model": {"name": "mlp", "width": 32, "depth": 1},
+    "schedule": {"epochs": EPOCHS, "warmup_epochs": 0.5},
+    "method": {"name": "pai", "cycles": CYCLES},
+    "mask": {"sparsity": 0.5, "criterion": "random"},
+    "train": {"progress": False},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _slurm_conf(root: Path, node: str, user: str) -> str:
+    return "\n".join([
+        "ClusterName=lotterylab", "SlurmctldHost=localhost", f"SlurmctldPort={_free_port()}",
+        f"SlurmdPort={_free_port()}", "AuthType=auth/munge", "CredType=cred/munge",
+        f"AuthInfo=socket={root / 'munge.socket'}", f"SlurmUser={user}", f"SlurmdUser={user}",
+        f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
+        f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
+        f"SlurmctldLogFile={root / 'slurmctld.log'}", f"SlurmdLogFile={root / 'slurmd.log'}",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_CPU", "SchedulerType=sched/builtin", "JobCompType=jobcomp/none",
+        "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none", "MpiDefault=none",
+        "ReturnToService=2", "KillWait=2", "MinJobAge=600",
+        "SlurmdParameters=config_overrides",  # 4 job slots whatever the machine has: the sweep's jobs run together
+        f"NodeName={node} NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN",
+        f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP", ""])
+
+
+def _logs(root: Path) -> str:
+    tails = []
+    for name in ("daemons.out", "munged.log", "slurmctld.log", "slurmd.log"):
+        path = root / name
+        lines = path.read_text(errors="replace").splitlines()[-15:] if path.is_file() else ["(no log)"]
+        tails.append(f"--- {name}\n" + "\n".join(lines))
+    return "\n".join(tails)
+
+
+@pytest.fixture
+def slurm_cluster(tmp_path_factory, monkeypatch):
+    """munged, slurmctld and slurmd in the foreground, state in a temporary directory; SLURM_CONF points at it."""
+    root = Path(tmp_path_factory.mktemp("slurm"))
+    for name in ("state", "spool"):
+        (root / name).mkdir()
+    key = root / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    conf = root / "slurm.conf"
+    conf.write_text(_slurm_conf(root, socket.gethostname().split(".")[0], getpass.getuser()))
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    monkeypatch.setenv("PATH", SBIN)
+    output = (root / "daemons.out").open("w")  # what the daemons print besides their logs
+    start = functools.partial(subprocess.Popen, stdout=output, stderr=subprocess.STDOUT)
+    daemons = [start(["munged", "--foreground", "--force", f"--socket={root / 'munge.socket'}",
+                                 f"--key-file={key}", f"--log-file={root / 'munged.log'}",
+                                 f"--pid-file={root / 'munged.pid'}", f"--seed-file={root / 'munged.seed'}"])]
+    try:
+        deadline = time.monotonic() + 10
+        while not (root / "munge.socket").exists():
+            assert time.monotonic() < deadline and daemons[0].poll() is None, f"munged did not start\n{_logs(root)}"
+            time.sleep(0.1)
+        daemons.append(start(["slurmctld", "-D", "-i", "-f", str(conf)]))
+        daemons.append(start(["slurmd", "-D", "-f", str(conf)]))
+        deadline = time.monotonic() + 60
+        while True:
+            state = subprocess.run(["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True)
+            if state.stdout.strip() == "idle":
+                break
+            exited = [daemon.args[0] for daemon in daemons if daemon.poll() is not None]
+            assert not exited and time.monotonic() < deadline, \
+                f"Slurm node not idle (sinfo: {state.stdout.strip() or state.stderr.strip()!r}; " \
+                f"exited: {exited})\n{_logs(root)}"
+            time.sleep(0.5)
+        yield root
+    finally:
+        subprocess.run(["scancel", "--me"], capture_output=True)
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        output.close()
+
+
+def _job_state(job_id: str) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    return next((field.split("=", 1)[1] for field in shown.split() if field.startswith("JobState=")), "GONE")
+
+
+def _until(condition, what: str, timeout: float = 60.0, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(poll)
+    return found
+
+
+def _mid_run(run_dir: Path) -> bool:
+    """At least one cycle checkpointed, the last one not yet: a point where an interruption loses work."""
+    return paths.stage_end(run_dir, 0).is_file() and not paths.stage_end(run_dir, CYCLES - 1).is_file()
+
+
+def _attempts(job) -> list:
+    """Where each attempt of `job` started: TrainRun prints it first (submitit appends a requeued job's log)."""
+    lines = Path(job.paths.stdout).read_text().splitlines()
+    return [json.loads(line)["start"] for line in lines if line.startswith('{"run"')]
+
+
+def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
+    points = grids.grid(SWEEP, {"seed": grids.values("seed", [0, 1, 2, 3])})
+    executor = executors.from_params({"name": "slurm", "folder": str(tmp_path / "logs"), "wait": False,
+                                      "poll_s": 0.5, "time_min": 30, "signal_delay_s": 30})
+    start = time.monotonic()
+    run_dirs = grids.run_all(points, tmp_path / "runs", executor)
+    assert len(executor.jobs) == 4 and len(grids.status(points, tmp_path / "runs").pending) == 4
+    cancelled, preempted = run_dirs[0], run_dirs[1]
+    cancelled_job, preempted_job = executor.jobs[cancelled], executor.jobs[preempted]
+
+    # scancel: the job is killed outright (submitit ignores SIGTERM; SIGKILL follows KillWait), then requeued by hand
+    _until(lambda: _mid_run(cancelled), f"{cancelled} mid-run")
+    before = os.stat(paths.stage_end(cancelled, 0))
+    subprocess.run(["scancel", cancelled_job.job_id], check=True)
+    _until(lambda: _job_state(cancelled_job.job_id) == "CANCELLED", "the cancelled job to end")
+    assert not results.is_complete(cancelled), "the run finished before it was cancelled; make SWEEP longer"
+    subprocess.run(["scontrol", "requeue", cancelled_job.job_id], check=True)
+
+    # preemption: Slurm's warning signal reaches submitit, which calls TrainRun.checkpoint and requeues the job itself
+    _until(lambda: _mid_run(preempted), f"{preempted} mid-run")
+    subprocess.run(["scancel", "--signal=USR2", preempted_job.job_id], check=True)
+    for job in (cancelled_job, preempted_job):
+        _until(lambda: _job_state(job.job_id) == "PENDING", f"job {job.job_id} requeued")
+        # a requeued job waits 2 minutes before it may start again; this cluster has no one else to wait for
+        subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
+
+    executor.wait(run_dirs, timeout=150)
+    print(f"sweep with two interruptions: {time.monotonic() - start:.0f} s")
+    assert grids.status(points, tmp_path / "runs").pending == []
+    for run_dir in run_dirs:
+        run = results.read(run_dir)
+        assert run.sizes["stage"] == CYCLES and int(run.train_loss.notnull().sum()) == CYCLES * EPOCHS
+    assert "Calling checkpoint method" in Path(preempted_job.paths.stdout).read_text()  # submitit ran the hook
+    for run_dir, job in ((cancelled, cancelled_job), (preempted, preempted_job)):
+        first, *later = _attempts(job)
+        assert first is None and len(later) == 1, f"{run_dir}: attempts started at {[first, *later]}"
+        assert later[0]["stage"] * EPOCHS + later[0]["epoch"] > 0, f"{run_dir} restarted from scratch: {later}"
+    after = os.stat(paths.stage_end(cancelled, 0))
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "cycle 0 was trained again"
+    for run_dir in run_dirs[2:]:
+        assert _attempts(executor.jobs[run_dir]) == [None]
