@@ -163,6 +163,10 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     study = get(name)
     params_file = resolve_params(study, params, scale)
     values = load_params(params_file, notebook_parameters(study.notebook))
+    if values.get("executor") is not None:  # a bad executor section fails here, not after the notebook has started
+        from lotterylab import executors
+
+        executors.from_params(values["executor"], f"{params_file}: executor")
     out = report_dir(reports_root, name, params_file.stem).resolve()
     executed = executed_notebook(out, name)
     executed.parent.mkdir(parents=True, exist_ok=True)
