@@ -1,21 +1,16 @@
-"""Datasets as in-memory tensor splits (or an image-folder stream), seeded subsets, label noise and GPU augmentation."""
+"""Dataset registry, in-memory tensor splits, seeded subsets, label noise and on-device augmentation."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import math
+import importlib
 import os
-import pickle
 import random
-import shutil
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,23 +19,15 @@ from torch import Tensor
 
 from lotterylab.config import ConfigError, DataConfig
 
+if TYPE_CHECKING:  # both build on this module
+    from lotterylab.beton import BetonSplit
+    from lotterylab.imagenet import FolderSplit
+
 # torchvision (several seconds to import) and mnist1d (pulls in matplotlib) are imported inside the loaders that need
 # them: config validation imports this module for DATASETS and must stay fast.
 
 PAD = 4
 """Zero padding of the random crop, in pixels."""
-
-FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
-"""Where Debian's dataset-fashion-mnist package installs the original IDX files."""
-
-FASHION_MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def default_root() -> Path:
@@ -153,105 +140,16 @@ class TensorSplit:
             yield x, y
 
 
-@dataclass(eq=False)
-class FolderSplit:
-    """Image files streamed through a DataLoader: decoding and crops on CPU workers, normalization on the device."""
-
-    paths: list[str]
-    y: Tensor  # int64 (N,), on the CPU
-    image_size: int
-    workers: int
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def is_image(self) -> bool:
-        return True
-
-    def to(self, device: torch.device | str) -> FolderSplit:
-        return replace(self, device=torch.device(device))
-
-    def subset(self, indices: Tensor) -> FolderSplit:
-        return replace(self, paths=[self.paths[i] for i in indices.tolist()], y=self.y[indices])
-
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
-
-    def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,
-        shard: tuple[int, int] = (0, 1),
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalized (x float32, y int64) batches; shuffled by a seed drawn from `generator`, sequential if None.
-
-        With `shard` = (rank, world), every rank draws the same order and keeps rows rank::world of each batch.
-        """
-        from torchvision import transforms
-        from torchvision.datasets.folder import default_loader
-
-        if augment:
-            crop = [transforms.RandomResizedCrop(self.image_size), transforms.RandomHorizontalFlip()]
-        else:
-            crop = [transforms.Resize(int(self.image_size * 256 / 224)), transforms.CenterCrop(self.image_size)]
-        # Workers ship uint8 tensors; the float conversion happens on the device, as for tensor splits.
-        transform = transforms.Compose([*crop, transforms.PILToTensor()])
-        dataset = _ImageFiles(self.paths, self.y.tolist(), transform, default_loader)
-        loader_generator = None
-        if generator is not None:
-            # The loader's own generator sets the order and, with workers, their seeds: both follow `generator`.
-            loader_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)))
-        sampling: dict[str, Any] = {"batch_size": batch_size, "shuffle": generator is not None}
-        rank, world = shard
-        if world > 1:
-            shuffled = loader_generator is not None
-            order = torch.randperm(len(self), generator=loader_generator) if shuffled else torch.arange(len(self))
-            starts = range(0, len(self), batch_size)
-            sampling = {"batch_sampler": [order[start : start + batch_size][rank::world].tolist() for start in starts]}
-            if shuffled:  # worker seeds come from the loader's generator: give each rank its own crops and flips
-                rank_seed = int(torch.randint(2**62, (), generator=loader_generator)) + rank
-                loader_generator = torch.Generator().manual_seed(rank_seed)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            **sampling,
-            generator=loader_generator,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        for x, y in loader:
-            x = x.to(self.device, non_blocking=True).float() / 255
-            yield (x - mean) / std, y.to(self.device, non_blocking=True)
-
-
 class DataError(ValueError):
     """A data file that cannot be read; the message is one line naming the file."""
-
-
-class _ImageFiles(torch.utils.data.Dataset):
-    """(image, label) pairs read from paths; a module-level class so DataLoader workers can unpickle it."""
-
-    def __init__(self, paths: list[str], labels: list[int], transform: Callable, loader: Callable) -> None:
-        self.paths, self.labels, self.transform, self.loader = paths, labels, transform, loader
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        try:
-            image = self.loader(self.paths[index])
-        except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for broken files
-            raise DataError(f"{self.paths[index]}: unreadable image ({_one_line(error)})") from None
-        return self.transform(image), self.labels[index]
 
 
 @dataclass(eq=False)
 class Data:
     """A dataset ready for training: splits on the device plus what the model needs to know."""
 
-    train: TensorSplit | FolderSplit
-    test: TensorSplit | FolderSplit
+    train: TensorSplit | FolderSplit | BetonSplit
+    test: TensorSplit | FolderSplit | BetonSplit
     num_classes: int
     input_shape: tuple[int, ...]  # per-example shape given to the model
     noisy_indices: Tensor  # int64 indices into train whose labels were permuted, on the CPU; empty without noise
@@ -309,157 +207,6 @@ def _generate_mnist1d() -> dict[str, np.ndarray]:
     return {key: np.asarray(dataset[key]) for key in ("x", "y", "x_test", "y_test")}
 
 
-def _fashion_mnist(cfg: DataConfig) -> Data:
-    import torchvision
-
-    root = Path(cfg.root) if cfg.root else FASHION_MNIST_ROOT
-    if not root.is_dir():
-        raise ConfigError(f"data.root: {root} does not exist")
-    sources = [root / name for name in FASHION_MNIST_FILES]
-    for source in sources:
-        if not source.is_file():
-            raise ConfigError(f"{source}: missing Fashion-MNIST file")
-    # torchvision wants the files unpacked under ROOT/FashionMNIST/raw. The cache is keyed on the sources' paths, sizes
-    # and times, so pointing data.root elsewhere (or replacing the files) never reads a stale copy.
-    stamp = "|".join(f"{s.resolve()}:{s.stat().st_size}:{s.stat().st_mtime_ns}" for s in sources)
-    cache = default_root() / "fashion_mnist" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    for source in sources:
-        target = cache / "FashionMNIST" / "raw" / source.name.removesuffix(".gz")
-        if not target.is_file():
-            _gunzip(source, target)
-        _check_idx(target, source)
-    splits = []
-    for train in (True, False):
-        try:
-            dataset = torchvision.datasets.FashionMNIST(str(cache), train=train, download=False)
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ConfigError(f"{root}: unreadable Fashion-MNIST files ({_one_line(error)})") from None
-        splits.append(TensorSplit(dataset.data.unsqueeze(1), dataset.targets.long()))  # (N, 28, 28) -> (N, 1, 28, 28)
-    return Data(splits[0], splits[1], len(dataset.classes), (1, 28, 28), _no_noise())
-
-
-def _gunzip(source: Path, target: Path) -> None:
-    def write(file: BinaryIO) -> None:
-        with gzip.open(source, "rb") as packed:
-            shutil.copyfileobj(packed, file)
-
-    try:
-        _atomic_write(target, write)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise ConfigError(f"{source}: corrupt gzip file ({_one_line(error)})") from None
-
-
-def _check_idx(path: Path, source: Path) -> None:
-    """An IDX file holds exactly the uint8 payload its header announces (magic 0x0800 + ndim, then the sizes)."""
-    with open(path, "rb") as file:
-        head = file.read(4)
-        ndim = head[3] if len(head) == 4 and head[:3] == b"\x00\x00\x08" else 0
-        dims = file.read(4 * ndim)
-    if ndim == 0 or len(dims) != 4 * ndim:
-        raise ConfigError(f"{source}: not an IDX uint8 file (bad header)")
-    expected = 4 + 4 * ndim + math.prod(int.from_bytes(dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
-    if path.stat().st_size != expected:
-        raise ConfigError(f"{source}: truncated or padded IDX file ({path.stat().st_size} bytes, header says {expected})")
-
-
-class _CheckedCIFAR:
-    """Mixin over torchvision's CIFAR10/CIFAR100: MD5s only when asked, and errors that name the offending file."""
-
-    checked = False  # set on the per-load subclass, so the MD5s are read once, not once per torchvision call
-
-    def __init__(self, root: str, train: bool, download: bool, verify: bool) -> None:
-        self.verify = verify
-        super().__init__(root, train=train, download=download)
-
-    @classmethod
-    def files(cls) -> list[tuple[str, str]]:
-        """(file name, torchvision's MD5) of every file in the dataset folder."""
-        return [*map(tuple, cls.train_list), *map(tuple, cls.test_list), (cls.meta["filename"], cls.meta["md5"])]
-
-    def _check_integrity(self) -> bool:
-        # False (absent) lets download=True fetch the files; a wrong MD5 is an error rather than a silent overwrite.
-        if type(self).checked:
-            return True
-        folder = Path(self.root) / self.base_folder
-        for name, md5 in self.files():
-            path = folder / name
-            if not path.is_file():
-                return False
-            if self.verify:
-                with open(path, "rb") as file:
-                    actual = hashlib.file_digest(file, "md5").hexdigest()
-                if actual != md5:
-                    raise ConfigError(f"{path}: MD5 {actual} is not torchvision's {md5} (data.verify: false skips it)")
-        type(self).checked = True
-        return True
-
-    def _load_meta(self) -> None:
-        # torchvision's version checks the MD5 unconditionally; _check_integrity has already done what was asked.
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as file:
-            self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
-
-
-def _cifar(cfg: DataConfig, base_name: str) -> Data:
-    import torchvision
-
-    cifar = type(base_name, (_CheckedCIFAR, getattr(torchvision.datasets, base_name)), {})
-    root = Path(cfg.root) if cfg.root else default_root() / "cifar"
-    folder = root / cifar.base_folder
-    missing = [name for name, _ in cifar.files() if not (folder / name).is_file()]
-    if missing and not cfg.download:
-        raise ConfigError(f"data.root: {folder} lacks {missing[0]} (data.download: true fetches CIFAR)")
-    splits = []
-    for train in (True, False):
-        try:
-            dataset = cifar(str(root), train, cfg.download, cfg.verify)
-        except ConfigError:
-            raise
-        except (pickle.UnpicklingError, EOFError, AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
-            raise _corrupt_cifar(folder, [name for name, _ in cifar.files()], error) from None
-        x = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
-        splits.append(TensorSplit(x, torch.tensor(dataset.targets, dtype=torch.int64)))
-    return Data(splits[0], splits[1], len(dataset.classes), (3, 32, 32), _no_noise())
-
-
-def _corrupt_cifar(folder: Path, names: list[str], error: Exception) -> ConfigError:
-    """Name the first file that does not unpickle to a dict; torchvision's loading loop does not say which failed."""
-    for name in names:
-        try:
-            with open(folder / name, "rb") as file:
-                entry = pickle.load(file, encoding="latin1")
-        except Exception as file_error:  # noqa: BLE001 - any failure to unpickle means the file is corrupt
-            return ConfigError(f"{folder / name}: corrupt CIFAR file ({_one_line(file_error)})")
-        if not isinstance(entry, dict):
-            return ConfigError(f"{folder / name}: corrupt CIFAR file (holds a {type(entry).__name__}, not a dict)")
-    return ConfigError(f"{folder}: unreadable CIFAR files ({_one_line(error)})")
-
-
-def _imagenet(cfg: DataConfig) -> Data:
-    if cfg.root is None:
-        raise ConfigError("data.root: required for imagenet")
-    root = Path(cfg.root)
-    train_classes, train = _image_folder(root / "train", cfg)
-    test_classes, test = _image_folder(root / "val", cfg)
-    if test_classes != train_classes:
-        raise ConfigError(f"{root / 'val'}: class folders differ from those in {root / 'train'}")
-    return Data(train, test, len(train_classes), (3, cfg.image_size, cfg.image_size), _no_noise())
-
-
-def _image_folder(directory: Path, cfg: DataConfig) -> tuple[list[str], FolderSplit]:
-    import torchvision
-
-    if not directory.is_dir():
-        raise ConfigError(f"data.root: {directory} does not exist")
-    try:
-        folder = torchvision.datasets.ImageFolder(str(directory))
-    except FileNotFoundError as error:
-        raise ConfigError(f"{directory}: {_one_line(error)}") from None
-    paths = [path for path, _ in folder.samples]
-    labels = torch.tensor(folder.targets, dtype=torch.int64)
-    return folder.classes, FolderSplit(paths, labels, cfg.image_size, cfg.workers)
-
-
 def _synthetic(cfg: DataConfig) -> Data:
     shape = tuple(cfg.shape)
     # Fixed seeds, one per split: the data never depends on the run seed, and the test set not on train_size.
@@ -478,12 +225,17 @@ def _random_split(size: int, shape: tuple[int, ...], num_classes: int, generator
     return TensorSplit(x, torch.randint(0, num_classes, (size,), generator=generator))
 
 
+def _elsewhere(module: str, loader: str, cfg: DataConfig) -> Data:
+    """Call a loader from a module that builds on this one, imported on first use (it imports this module)."""
+    return getattr(importlib.import_module(f"lotterylab.{module}"), loader)(cfg)
+
+
 DATASETS: dict[str, Callable[[DataConfig], Data]] = {
     "mnist1d": _mnist1d,
-    "fashion_mnist": _fashion_mnist,
-    "cifar10": lambda cfg: _cifar(cfg, "CIFAR10"),
-    "cifar100": lambda cfg: _cifar(cfg, "CIFAR100"),
-    "imagenet": _imagenet,
+    "fashion_mnist": lambda cfg: _elsewhere("archives", "fashion_mnist", cfg),
+    "cifar10": lambda cfg: _elsewhere("archives", "cifar10", cfg),
+    "cifar100": lambda cfg: _elsewhere("archives", "cifar100", cfg),
+    "imagenet": lambda cfg: _elsewhere("imagenet", "imagenet", cfg),
     "synthetic": _synthetic,
 }
 

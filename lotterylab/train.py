@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from lotterylab import distributed, masks
 from lotterylab.config import Config
-from lotterylab.data import Data, FolderSplit, TensorSplit
+from lotterylab.data import Data, TensorSplit
+from lotterylab.imagenet import FolderSplit
 from lotterylab.schedules import lr_at
 
 

@@ -119,7 +119,7 @@ PINNED_CYCLIC = "3437e3975e212c30"
 FROZEN_DEFAULTS = {
     "seed": 0,
     "data": {"name": "mnist1d", "batch_size": 128, "augment": True, "label_noise": 0.0, "train_size": None,
-             "test_size": None, "shape": [3, 32, 32], "num_classes": 10, "image_size": 224},
+             "test_size": None, "shape": [3, 32, 32], "num_classes": 10, "image_size": 224, "decode": "device"},
     "model": {"name": "mlp", "width": None, "depth": None, "width_mult": 1.0, "init": "kaiming_normal"},
     "optimizer": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "nesterov": False},
     "schedule": {"name": "step_warmup", "epochs": 150, "warmup_epochs": 0.0, "milestones": [70 / 150, 130 / 150],

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lotterylab import data
+from lotterylab import data, imagenet
 from lotterylab.config import ConfigError, DataConfig
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -169,8 +169,8 @@ def write_image_folder(root: Path, per_class: dict[str, int]) -> None:
 
 def _decode(x: torch.Tensor) -> torch.Tensor:
     """Per-image mean RGB in [0, 255] of a normalized batch."""
-    mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(imagenet.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(imagenet.IMAGENET_STD).view(1, 3, 1, 1)
     return ((x * std + mean) * 255).mean((2, 3))
 
 
@@ -193,7 +193,7 @@ def test_image_folder_batches(tmp_path: Path) -> None:
     assert y.tolist() == [0, 0, 1, 1]  # folder classes in sorted order
 
 
-def _epoch_identities(split: data.FolderSplit, seed: int) -> list[tuple[int, int]]:
+def _epoch_identities(split: imagenet.FolderSplit, seed: int) -> list[tuple[int, int]]:
     """(label, image index decoded from the green channel) of each example, in the order one epoch yields them."""
     seen = []
     for x, y in split.batches(4, _seeded(seed), augment=True):
