@@ -7,6 +7,9 @@ import argparse
 import sys
 
 
+EXECUTOR_HELP = "local, slurm, or a YAML file with an executor section (e.g. params/executors/slurm.yaml): use it"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lotterylab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -24,13 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--scale", help="smoke, cpu, gpu or paper (default: cpu)")
     study.add_argument("--reports", default="reports", help="root of report directories (default: reports)")
     study.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
+    study.add_argument("--executor", metavar="NAME|FILE", help=EXECUTOR_HELP + " instead of the params' executor")
     commands.add_parser("studies", help="list the studies, one line each")
     sweep = commands.add_parser("sweep", help="a base config x grid axes, run by the executor the file names "
                                               "(local, or slurm through submitit)")
     sweep.add_argument("params", help="sweep YAML with sections base, axes and executor (see docs/scaling.md)")
     sweep.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
-    sweep.add_argument("--executor", metavar="NAME",
-                       help="local or slurm: use this executor with its defaults instead of the file's executor section")
+    sweep.add_argument("--executor", metavar="NAME|FILE", help=EXECUTOR_HELP + " instead of the file's section")
     return parser
 
 
@@ -58,7 +61,7 @@ def _study(args: argparse.Namespace) -> int:
             print(f"{study.name:<18} {study.description}")
         return 0
     try:
-        report = studies.run_study(args.name, args.params, args.scale, args.reports, args.runs)
+        report = studies.run_study(args.name, args.params, args.scale, args.reports, args.runs, args.executor)
     except ValueError as error:  # StudyError and ConfigError are ValueErrors; a failed cell becomes a StudyError
         print(f"lotterylab: error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, ValidationError
 
 from lotterylab import checkpoint, packing, paths, results, runs
@@ -187,6 +188,24 @@ def from_params(section: dict[str, Any] | None, source: str = "executor") -> Exe
     except ValidationError as error:
         raise ConfigError(_error_line(error, source)) from None
     return build(params)
+
+
+def section(option: str) -> dict[str, Any]:
+    """An executor section from a command-line option: an executor's name, or a YAML file holding the section
+    (`{name: slurm, partition: gpu, ...}`: cluster settings kept apart from a study's scientific params)."""
+    if not option.endswith((".yaml", ".yml")):
+        return {"name": option}
+    path = Path(option)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such executor file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a name, e.g. {{name: slurm, partition: gpu}}")
+    from_params(raw, str(path))
+    return raw
 
 
 def resolve(executor: Executor | dict[str, Any] | None) -> Executor:

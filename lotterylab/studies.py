@@ -153,8 +153,10 @@ def resolve_params(study: Study, params: str | Path | None, scale: str | None) -
 
 
 def run_study(name: str, params: str | Path | None = None, scale: str | None = None,
-              reports_root: str | Path = "reports", runs_root: str | Path = "runs") -> Path:
-    """Validate, execute the study's notebook into reports/<name>/<label>/nb/, render report.html; return its path."""
+              reports_root: str | Path = "reports", runs_root: str | Path = "runs",
+              executor: str | None = None) -> Path:
+    """Validate, execute the study's notebook into reports/<name>/<label>/nb/, render report.html; return its path.
+    `executor` (a name or an executor YAML file) replaces the params' executor: where runs train, not what."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -163,9 +165,11 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     study = get(name)
     params_file = resolve_params(study, params, scale)
     values = load_params(params_file, notebook_parameters(study.notebook))
-    if values.get("executor") is not None:  # a bad executor section fails here, not after the notebook has started
-        from lotterylab import executors
+    from lotterylab import executors
 
+    if executor is not None:
+        values["executor"] = executors.section(executor)
+    elif values.get("executor") is not None:  # a bad executor section fails here, not after the notebook has started
         executors.from_params(values["executor"], f"{params_file}: executor")
     out = report_dir(reports_root, name, params_file.stem).resolve()
     executed = executed_notebook(out, name)

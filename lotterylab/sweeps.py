@@ -39,8 +39,8 @@ def _axis(source: str, dim: str, spec: Any) -> grids.Axis:
                       f"overrides")
 
 
-def load(path: str | Path, executor_name: str | None = None) -> Sweep:
-    """Read and validate a sweep file; `executor_name` replaces its executor section by that executor's defaults."""
+def load(path: str | Path, executor: str | None = None) -> Sweep:
+    """Read and validate a sweep file; `executor` (a name or an executor YAML file) replaces its executor section."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -58,11 +58,12 @@ def load(path: str | Path, executor_name: str | None = None) -> Sweep:
             raise ConfigError(f"{path}: {section}: missing or not a mapping")
     axes = {str(dim): _axis(str(path), str(dim), spec) for dim, spec in raw["axes"].items()}
     points = grids.grid(raw["base"], axes, str(path))
-    section = {"name": executor_name} if executor_name else raw.get("executor")
-    return Sweep(points, executors.from_params(section, f"{path}: executor"))
+    if executor:
+        return Sweep(points, executors.from_params(executors.section(executor), executor))
+    return Sweep(points, executors.from_params(raw.get("executor"), f"{path}: executor"))
 
 
-def run(path: str | Path, runs_root: str | Path, executor_name: str | None = None) -> list[Path]:
+def run(path: str | Path, runs_root: str | Path, executor: str | None = None) -> list[Path]:
     """Load the sweep and hand every point to its executor; the run directories, in the order of the points."""
-    sweep = load(path, executor_name)
+    sweep = load(path, executor)
     return grids.run_all(sweep.points, runs_root, sweep.executor)

@@ -46,8 +46,8 @@ def test_executor_sections_build_the_named_executor():
     slurm = executors.from_params({"name": "slurm", "partition": "gpu", "gpus_per_node": 1, "time_min": 600,
                                    "extra": {"account": "lab", "qos": "high"}})
     assert isinstance(slurm, executors.SlurmExecutor)
-    assert (slurm.params.partition, slurm.params.gpus_per_node, slurm.params.extra) == ("gpu", 1,
-                                                                                        {"account": "lab", "qos": "high"})
+    assert (slurm.params.partition, slurm.params.gpus_per_node) == ("gpu", 1)
+    assert slurm.params.extra == {"account": "lab", "qos": "high"}
     assert executors.resolve(slurm) is slurm
 
 
@@ -71,7 +71,7 @@ def test_sweep_cli_trains_every_point_then_reuses_them(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("base: {}\naxes: {seed: [0]}\nexecuter: {name: local}\n", "executer: unknown section; valid: base, axes, executor"),
+    ("base: {}\naxes: {seed: [0]}\nexecuter: {}\n", "executer: unknown section; valid: base, axes, executor"),
     ("axes: {seed: [0]}\n", "base: missing or not a mapping"),
     ("base: {}\naxes: {seed: 3}\n", "axes.seed: expected a non-empty list of values"),
     ("base: {model: {widht: 3}}\naxes: {seed: [0]}\n", "[seed=0]: model.widht: unknown key"),
@@ -92,6 +92,26 @@ def test_executor_option_overrides_the_file(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("2 runs: 2 trained")
     assert cli.main(["sweep", str(params), "--executor", "ray"]) == 2
     assert "name: unknown executor 'ray'; valid: local, slurm" in capsys.readouterr().err
+
+
+def test_executor_file_is_validated_and_shipped_example_builds(tmp_path):
+    shipped = executors.from_params(executors.section("params/executors/slurm.yaml"))
+    assert isinstance(shipped, executors.SlurmExecutor) and shipped.params.gpus_per_node == 1
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("name: slurm\ntime_min: 1h\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: time_min: Input should be a valid integer"):
+        executors.section(str(bad))
+    with pytest.raises(ConfigError, match="absent.yaml: no such executor file"):
+        executors.section(str(tmp_path / "absent.yaml"))
+
+
+def test_study_executor_option_fails_before_the_notebook_runs(tmp_path, capsys):
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("name: slurm\npartiton: gpu\n")
+    assert cli.main(["study", "sculpt", "--scale", "smoke", "--reports", str(tmp_path / "reports"),
+                     "--runs", str(tmp_path / "runs"), "--executor", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == f"lotterylab: error: {bad}: partiton: unknown key"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_status_and_wait_follow_runs_finishing_elsewhere(tmp_path, capsys):
