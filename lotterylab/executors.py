@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from lotterylab import checkpoint, packing, paths, results, runs
+from lotterylab import checkpoint, locks, packing, paths, results, runs
 from lotterylab.config import Config, ConfigError, Section, _error_line
 
 Executor = Callable[[Sequence[Config], str | Path], list[Path]]
@@ -89,6 +89,11 @@ def start_position(run_dir: Path) -> dict[str, int] | None:
     return {"stage": stage, "epoch": epoch}
 
 
+def _held(run_dir: Path) -> bool:
+    """Whether another process is training the run: its lock exists and is not stale."""
+    return locks.RunLock(paths.lock(run_dir)).is_held()
+
+
 def _queued_job_ids() -> set[str]:
     """Job ids (array tasks one by one, as `123_4`) that Slurm still holds: pending, running or requeued."""
     listing = subprocess.run(["squeue", "--me", "--array", "--noheader", "--format=%i"], capture_output=True,
@@ -102,6 +107,7 @@ class SlurmExecutor:
     def __init__(self, params: SlurmParams):
         self.params = params
         self.jobs: dict[Path, Any] = {}  # run dir -> submitit job, for this executor's submissions
+        self.pending: dict[Path, TrainRun] = {}  # run dir -> what a job for it runs, for runs not seen finished
 
     def _submitit_executor(self) -> Any:
         try:
@@ -118,41 +124,60 @@ class SlurmExecutor:
             **{key: value for key, value in options.items() if value is not None})
         return executor
 
+    def _submit(self, run_dirs: Sequence[Path]) -> list[str]:
+        """Submit one job per run (as one array when `array`); the job ids."""
+        if not run_dirs:
+            return []
+        executor = self._submitit_executor()
+        if self.params.array:
+            with executor.batch():
+                jobs = [executor.submit(self.pending[run_dir]) for run_dir in run_dirs]
+        else:
+            jobs = [executor.submit(self.pending[run_dir]) for run_dir in run_dirs]
+        self.jobs.update(zip(run_dirs, jobs))
+        return [job.job_id for job in jobs]
+
     def __call__(self, configs: Sequence[Config], runs_root: str | Path) -> list[Path]:
         root = Path(runs_root).resolve()  # jobs start in another directory, maybe on another node
         run_dirs = [paths.run_dir(root, cfg.run_hash()) for cfg in configs]
-        pending = {run_dir: cfg for run_dir, cfg in zip(run_dirs, configs) if not results.is_complete(run_dir)}
-        if pending:
-            executor = self._submitit_executor()
-            calls = [TrainRun(cfg, str(root)) for cfg in pending.values()]
-            if self.params.array:
-                with executor.batch():
-                    jobs = [executor.submit(call) for call in calls]
-            else:
-                jobs = [executor.submit(call) for call in calls]
-            self.jobs.update(zip(pending, jobs))
-            ids = ", ".join(job.job_id for job in jobs)
-            print(f"slurm: {len(pending)} runs submitted (jobs {ids}), {len(set(run_dirs)) - len(pending)} finished")
+        pending = {run_dir: TrainRun(cfg, str(root)) for run_dir, cfg in zip(run_dirs, configs)
+                   if not results.is_complete(run_dir)}
+        self.pending.update(pending)
+        # a run another process is training (its lock is live) gets a job only if that process lets it go unfinished
+        held = [run_dir for run_dir in pending if _held(run_dir)]
+        ids = self._submit([run_dir for run_dir in pending if run_dir not in held])
+        print(f"slurm: {len(ids)} runs submitted{f' (jobs {ids[0]} to {ids[-1]})' if ids else ''}, {len(held)} held "
+              f"by other processes, {len(set(run_dirs)) - len(pending)} finished", flush=True)
         if self.params.wait:
             self.wait(list(pending))
         return run_dirs
 
+    def poll(self, run_dirs: Sequence[Path]) -> list[Path]:
+        """One look at `run_dirs`: submit those that were held and are no longer; raise JobFailed naming a run whose
+        job ended without finishing it; return those not finished."""
+        # read before the results: a job gone from the queue had exited before the check
+        queued = _queued_job_ids() if any(run_dir in self.jobs for run_dir in run_dirs) else set()
+        left = [run_dir for run_dir in run_dirs if not results.is_complete(run_dir)]
+        released = []
+        for run_dir in left:
+            job = self.jobs.get(run_dir)
+            if job is None:
+                released += [] if _held(run_dir) else [run_dir]
+            elif job.job_id not in queued:
+                raise JobFailed(f"{run_dir}: Slurm job {job.job_id} ended without finishing the run "
+                                f"({self._job_error(job)}); log: {job.paths.stderr}")
+        ids = self._submit(released)
+        if ids:
+            print(f"slurm: {len(ids)} runs released unfinished by other processes submitted (jobs {', '.join(ids)})")
+        return left
+
     def wait(self, run_dirs: Sequence[Path], timeout: float | None = None) -> None:
-        """Block until every run in `run_dirs` has finished; raise JobFailed naming a run whose job ended without."""
-        start, left = time.monotonic(), list(run_dirs)
-        while left:
-            queued = _queued_job_ids()  # read before the results: a job gone from it had exited before the check
-            left = [run_dir for run_dir in left if not results.is_complete(run_dir)]
-            for run_dir in left:
-                job = self.jobs.get(run_dir)
-                if job is not None and job.job_id not in queued:
-                    error = self._job_error(job)
-                    raise JobFailed(f"{run_dir}: Slurm job {job.job_id} ended without finishing the run ({error}); "
-                                    f"log: {job.paths.stderr}")
-            if left and timeout is not None and time.monotonic() - start > timeout:
+        """Block until every run in `run_dirs` has finished (see `poll`); TimeoutError after `timeout` seconds."""
+        start = time.monotonic()
+        while left := self.poll(run_dirs):
+            if timeout is not None and time.monotonic() - start > timeout:
                 raise TimeoutError(f"slurm: {len(left)} runs still pending after {timeout:.0f} s, e.g. {left[0]}")
-            if left:
-                time.sleep(self.params.poll_s)
+            time.sleep(self.params.poll_s)
 
     @staticmethod
     def _job_error(job: Any) -> str:

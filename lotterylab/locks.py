@@ -111,6 +111,11 @@ class RunLock:
             self._take_over(holder, reason)
         return True
 
+    def is_held(self) -> bool:
+        """Whether a live holder has the lock now (it exists and is not stale); takes and changes nothing."""
+        holder = self._holder()
+        return holder is not None and self._stale_reason(holder) is None
+
     def acquire(self) -> None:
         waiting = False
         while not self.try_acquire():

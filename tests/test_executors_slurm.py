@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lotterylab import executors, grids, paths, results
+from lotterylab import executors, grids, locks, paths, results
 
 SBIN = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin"
 BINARIES = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo"]
@@ -142,8 +142,11 @@ def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
     executor = executors.from_params({"name": "slurm", "folder": str(tmp_path / "logs"), "wait": False,
                                       "poll_s": 0.5, "time_min": 30, "signal_delay_s": 30})
     start = time.monotonic()
-    run_dirs = grids.run_all(points, tmp_path / "runs", executor)
-    assert len(executor.jobs) == 4 and len(grids.status(points, tmp_path / "runs").pending) == 4
+    elsewhere = locks.RunLock(paths.lock(grids.run_dir(points[3], tmp_path / "runs")))
+    with elsewhere:  # another process is training the last run: no job for it while it holds the lock
+        run_dirs = grids.run_all(points, tmp_path / "runs", executor)
+    assert set(executor.jobs) == set(run_dirs[:3]) and len(grids.status(points, tmp_path / "runs").pending) == 4
+    assert executor.poll(run_dirs) == run_dirs and set(executor.jobs) == set(run_dirs)  # released unfinished
     cancelled, preempted = run_dirs[0], run_dirs[1]
     cancelled_job, preempted_job = executor.jobs[cancelled], executor.jobs[preempted]
 
