@@ -181,13 +181,15 @@ class SlurmExecutor:
 
     @staticmethod
     def _job_error(job: Any) -> str:
+        """The last line of the job's error (the exception, after submitit's trace), or why there is none."""
         if not job.paths.result_pickle.exists():
             return "cancelled, killed or lost: no result"
-        try:
-            job.result()
-        except Exception as error:  # the training error, pickled by the job
-            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        return "returned, yet the run is not complete"
+        error = job.exception()  # the result exists, so this returns at once
+        if error is None:
+            return "returned, yet the run is not complete"
+        parts = str(error).split("----------------------\n")  # submitit frames the job's traceback with these
+        lines = [line for line in (parts[1] if len(parts) > 2 else str(error)).splitlines() if line.strip()]
+        return lines[-1] if lines else type(error).__name__
 
 
 EXECUTORS: dict[str, tuple[type[Section], Callable[[Any], Executor]]] = {

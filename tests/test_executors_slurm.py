@@ -65,9 +65,14 @@ def _logs(root: Path) -> str:
     return "\n".join(tails)
 
 
-@pytest.fixture
-def slurm_cluster(tmp_path_factory, monkeypatch):
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
     """munged, slurmctld and slurmd in the foreground, state in a temporary directory; SLURM_CONF points at it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _cluster(tmp_path_factory, monkeypatch)
+
+
+def _cluster(tmp_path_factory, monkeypatch):
     root = Path(tmp_path_factory.mktemp("slurm"))
     for name in ("state", "spool"):
         (root / name).mkdir()
@@ -150,17 +155,15 @@ def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
     cancelled, preempted = run_dirs[0], run_dirs[1]
     cancelled_job, preempted_job = executor.jobs[cancelled], executor.jobs[preempted]
 
-    # scancel: the job is killed outright (submitit ignores SIGTERM; SIGKILL follows KillWait), then requeued by hand
-    _until(lambda: _mid_run(cancelled), f"{cancelled} mid-run")
+    _until(lambda: _mid_run(cancelled) and _mid_run(preempted), f"{cancelled} and {preempted} mid-run")
     before = os.stat(paths.stage_end(cancelled, 0))
+    # scancel: the job is killed outright (submitit ignores SIGTERM; SIGKILL follows KillWait), then requeued by hand
     subprocess.run(["scancel", cancelled_job.job_id], check=True)
+    # preemption: Slurm's warning signal reaches submitit, which calls TrainRun.checkpoint and requeues the job itself
+    subprocess.run(["scancel", "--signal=USR2", preempted_job.job_id], check=True)
     _until(lambda: _job_state(cancelled_job.job_id) == "CANCELLED", "the cancelled job to end")
     assert not results.is_complete(cancelled), "the run finished before it was cancelled; make SWEEP longer"
     subprocess.run(["scontrol", "requeue", cancelled_job.job_id], check=True)
-
-    # preemption: Slurm's warning signal reaches submitit, which calls TrainRun.checkpoint and requeues the job itself
-    _until(lambda: _mid_run(preempted), f"{preempted} mid-run")
-    subprocess.run(["scancel", "--signal=USR2", preempted_job.job_id], check=True)
     for job in (cancelled_job, preempted_job):
         _until(lambda: _job_state(job.job_id) == "PENDING", f"job {job.job_id} requeued")
         # a requeued job waits 2 minutes before it may start again; this cluster has no one else to wait for
@@ -181,3 +184,15 @@ def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "cycle 0 was trained again"
     for run_dir in run_dirs[2:]:
         assert _attempts(executor.jobs[run_dir]) == [None]
+
+
+def test_a_job_that_fails_is_named_with_its_error_and_log(slurm_cluster, tmp_path):
+    broken = {**SWEEP, "data": {"name": "cifar10", "root": str(tmp_path / "no-cifar"), "download": False}}
+    points = grids.grid(broken, {"seed": grids.values("seed", [0])})
+    executor = executors.from_params({"name": "slurm", "folder": str(tmp_path / "logs"), "poll_s": 0.5})
+    with pytest.raises(executors.JobFailed) as failed:
+        grids.run_all(points, tmp_path / "runs", executor)
+    message = str(failed.value)
+    job = executor.jobs[grids.run_dir(points[0], tmp_path / "runs")]
+    assert message.startswith(f"{grids.run_dir(points[0], tmp_path / 'runs')}: Slurm job {job.job_id} ended without")
+    assert "no-cifar" in message and message.endswith(f"log: {job.paths.stderr}") and "\n" not in message
