@@ -63,6 +63,8 @@ class TrainRun:
 
     submitit calls `checkpoint()` on SIGUSR2 (preemption, or `signal_delay_s` before the time limit) and requeues the
     job with what it returns. Runs checkpoint every epoch, so the requeued job only has to call `runs.run` again.
+    The hook is the one `submitit.helpers.Checkpointable` defines (submitit looks for a `checkpoint` method), written
+    out so that this module imports without submitit.
     """
 
     def __init__(self, cfg: Config, runs_root: str):
@@ -94,11 +96,12 @@ def _held(run_dir: Path) -> bool:
     return locks.RunLock(paths.lock(run_dir)).is_held()
 
 
-def _queued_job_ids() -> set[str]:
-    """Job ids (array tasks one by one, as `123_4`) that Slurm still holds: pending, running or requeued."""
+def _queued_job_ids() -> set[str] | None:
+    """Job ids (array tasks one by one, as `123_4`) that Slurm still holds: pending, running or requeued; None when
+    squeue fails (a busy controller), so that no job is judged lost on that look."""
     listing = subprocess.run(["squeue", "--me", "--array", "--noheader", "--format=%i"], capture_output=True,
-                             text=True, check=True)
-    return set(listing.stdout.split())
+                             text=True)
+    return set(listing.stdout.split()) if listing.returncode == 0 else None
 
 
 class SlurmExecutor:
@@ -162,8 +165,8 @@ class SlurmExecutor:
         for run_dir in left:
             job = self.jobs.get(run_dir)
             if job is None:
-                released += [] if _held(run_dir) else [run_dir]
-            elif job.job_id not in queued:
+                released += [] if _held(run_dir) or run_dir not in self.pending else [run_dir]
+            elif queued is not None and job.job_id not in queued:
                 raise JobFailed(f"{run_dir}: Slurm job {job.job_id} ended without finishing the run "
                                 f"({self._job_error(job)}); log: {job.paths.stderr}")
         ids = self._submit(released)
