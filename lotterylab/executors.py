@@ -8,11 +8,13 @@ same run never train it twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,6 +106,19 @@ def _queued_job_ids() -> set[str] | None:
     return set(listing.stdout.split()) if listing.returncode == 0 else None
 
 
+@contextlib.contextmanager
+def _outside_any_job() -> Iterator[None]:
+    """Hide the variables of the Slurm job this process may run in (a study orchestrated from a job), so that the
+    jobs it submits do not inherit its CPUs, memory or task layout; SLURM_CONF, which names the cluster, stays."""
+    prefixes = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SUBMITIT_")
+    hidden = {name: os.environ.pop(name) for name in list(os.environ)
+              if name.startswith(prefixes) and name != "SLURM_CONF"}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 class SlurmExecutor:
     """Submits the pending runs of a sweep as Slurm jobs (a job array or one job each) and, by default, waits."""
 
@@ -132,11 +147,12 @@ class SlurmExecutor:
         if not run_dirs:
             return []
         executor = self._submitit_executor()
-        if self.params.array:
-            with executor.batch():
+        with _outside_any_job():
+            if self.params.array:
+                with executor.batch():
+                    jobs = [executor.submit(self.pending[run_dir]) for run_dir in run_dirs]
+            else:
                 jobs = [executor.submit(self.pending[run_dir]) for run_dir in run_dirs]
-        else:
-            jobs = [executor.submit(self.pending[run_dir]) for run_dir in run_dirs]
         self.jobs.update(zip(run_dirs, jobs))
         return [job.job_id for job in jobs]
 
