@@ -15,6 +15,7 @@ import yaml
 from lotterylab import cli, executors, grids, results
 from lotterylab.config import ConfigError
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = {
     "data": {"name": "mnist1d", "batch_size": 64, "train_size": 256, "test_size": 128},
     "model": {"name": "mlp", "width": 16, "depth": 1},
@@ -95,7 +96,7 @@ def test_executor_option_overrides_the_file(tmp_path, capsys):
 
 
 def test_executor_file_is_validated_and_shipped_example_builds(tmp_path):
-    shipped = executors.from_params(executors.section("params/executors/slurm.yaml"))
+    shipped = executors.from_params(executors.section(str(ROOT / "params/executors/slurm.yaml")))
     assert isinstance(shipped, executors.SlurmExecutor) and shipped.params.gpus_per_node == 1
     bad = tmp_path / "cluster.yaml"
     bad.write_text("name: slurm\ntime_min: 1h\n")
@@ -111,6 +112,12 @@ def test_study_executor_option_fails_before_the_notebook_runs(tmp_path, capsys):
     assert cli.main(["study", "sculpt", "--scale", "smoke", "--reports", str(tmp_path / "reports"),
                      "--runs", str(tmp_path / "runs"), "--executor", str(bad)]) == 2
     assert capsys.readouterr().err.strip() == f"lotterylab: error: {bad}: partiton: unknown key"
+    params = tmp_path / "smoke-ray.yaml"
+    params.write_text((ROOT / "params/sculpt/smoke.yaml").read_text() + "executor: {name: ray}\n")
+    assert cli.main(["study", "sculpt", "--params", str(params), "--reports", str(tmp_path / "reports"),
+                     "--runs", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip() == (f"lotterylab: error: {params}: executor: name: unknown executor 'ray'; "
+                                               f"valid: local, slurm")
     assert not (tmp_path / "runs").exists()
 
 
@@ -118,7 +125,7 @@ def test_status_and_wait_follow_runs_finishing_elsewhere(tmp_path, capsys):
     points = grids.grid(TINY, {"seed": grids.values("seed", [0, 1, 2])})
     assert str(grids.status(points, tmp_path)) == "0 of 3 runs finished, 3 pending"
     assert grids.wait(points, tmp_path, poll=0.05, timeout=0).pending == points
-    grids.run_all(points[:1], tmp_path)
+    grids.run_all(points[:1], tmp_path, {"name": "local"})  # a study's executor parameter, as a params file gives it
     now = grids.status(points, tmp_path)
     assert now.finished == points[:1] and now.pending == points[1:]
     assert grids.collect(now.finished, tmp_path).sizes["seed"] == 1  # what is done can be read while the rest runs
