@@ -129,7 +129,8 @@ FROZEN_DEFAULTS = {
     "method": {"name": "dense", "cycles": 1, "prune_fraction": 0.2, "rewind_epoch": 0, "targets": [],
                "prune_criterion": "magnitude", "source": None, "source_level": -1, "init": "random", "init_level": 0,
                "flip_fraction": 0.2},
-    "train": {"bf16": False, "channels_last": False, "compile": False, "deterministic": False},
+    "train": {"bf16": False, "channels_last": False, "compile": False, "deterministic": False,
+              "sync_batchnorm": False},
 }
 
 

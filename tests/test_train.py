@@ -37,6 +37,7 @@ def test_option_matches_fp32_eager(reference, option):
     changed = [k for k in weights if weights[k].is_floating_point() and not torch.equal(weights[k], reference[1][k])]
     if option == "channels_last":
         for name in changed:
-            torch.testing.assert_close(weights[name], reference[1][name], rtol=1e-3, atol=1e-4)
+            # oneDNN picks other kernels per thread count: 1.6e-4 measured with OMP_NUM_THREADS=1, < 1e-4 with 2.
+            torch.testing.assert_close(weights[name], reference[1][name], rtol=1e-3, atol=3e-4)
     else:
         assert changed, "bf16 autocast must change the arithmetic"
