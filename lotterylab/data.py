@@ -50,10 +50,17 @@ def augmentation_draws(batch: int, generator: torch.Generator) -> tuple[Tensor, 
     return shifts, flips
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Copy a small CPU tensor to `device`; to CUDA through pinned memory without blocking, so no step waits for the GPU."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def crop_and_flip(x: Tensor, shifts: Tensor, flips: Tensor) -> Tensor:
     """Apply drawn crop offsets and flips to (B, C, H, W) images on x's device."""
     batch, channels, height, width = x.shape
-    shifts, flips = shifts.to(x.device), flips.to(x.device)
+    shifts, flips = to_device(shifts, x.device), to_device(flips, x.device)
     padded = F.pad(x, (PAD, PAD, PAD, PAD))  # (B, C, H + 2P, W + 2P)
     rows = shifts[0, :, None] + torch.arange(height, device=x.device)  # (B, H)
     cols = torch.arange(width, device=x.device)
