@@ -156,7 +156,7 @@ def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
     cancelled_job, preempted_job = executor.jobs[cancelled], executor.jobs[preempted]
 
     _until(lambda: _mid_run(cancelled) and _mid_run(preempted), f"{cancelled} and {preempted} mid-run")
-    before = os.stat(paths.stage_end(cancelled, 0))
+    before = {run_dir: os.stat(paths.stage_end(run_dir, 0)) for run_dir in (cancelled, preempted)}
     # scancel: the job is killed outright (submitit ignores SIGTERM; SIGKILL follows KillWait), then requeued by hand
     subprocess.run(["scancel", cancelled_job.job_id], check=True)
     # preemption: Slurm's warning signal reaches submitit, which calls TrainRun.checkpoint and requeues the job itself
@@ -180,8 +180,9 @@ def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
         first, *later = _attempts(job)
         assert first is None and len(later) == 1, f"{run_dir}: attempts started at {[first, *later]}"
         assert later[0]["stage"] * EPOCHS + later[0]["epoch"] > 0, f"{run_dir} restarted from scratch: {later}"
-    after = os.stat(paths.stage_end(cancelled, 0))
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "cycle 0 was trained again"
+    for run_dir, stat in before.items():  # a restarted run would have rewritten its first cycle's checkpoint
+        after = os.stat(paths.stage_end(run_dir, 0))
+        assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), f"{run_dir}: cycle 0 trained again"
     for run_dir in run_dirs[2:]:
         assert _attempts(executor.jobs[run_dir]) == [None]
 
