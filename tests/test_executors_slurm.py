@@ -73,6 +73,7 @@ def slurm_cluster(tmp_path_factory):
 
 
 def _cluster(tmp_path_factory, monkeypatch):
+    """Start the daemons, yield once the node is idle, stop them; failures carry the tails of their logs."""
     root = Path(tmp_path_factory.mktemp("slurm"))
     for name in ("state", "spool"):
         (root / name).mkdir()
@@ -85,9 +86,9 @@ def _cluster(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PATH", SBIN)
     output = (root / "daemons.out").open("w")  # what the daemons print besides their logs
     start = functools.partial(subprocess.Popen, stdout=output, stderr=subprocess.STDOUT)
-    daemons = [start(["munged", "--foreground", "--force", f"--socket={root / 'munge.socket'}",
-                                 f"--key-file={key}", f"--log-file={root / 'munged.log'}",
-                                 f"--pid-file={root / 'munged.pid'}", f"--seed-file={root / 'munged.seed'}"])]
+    daemons = [start(["munged", "--foreground", "--force", f"--socket={root / 'munge.socket'}", f"--key-file={key}",
+                      f"--log-file={root / 'munged.log'}", f"--pid-file={root / 'munged.pid'}",
+                      f"--seed-file={root / 'munged.seed'}"])]
     try:
         deadline = time.monotonic() + 10
         while not (root / "munge.socket").exists():
@@ -108,6 +109,10 @@ def _cluster(tmp_path_factory, monkeypatch):
         yield root
     finally:
         subprocess.run(["scancel", "--me"], capture_output=True)
+        deadline = time.monotonic() + 15  # let slurmd end the jobs' processes before it stops
+        while time.monotonic() < deadline and subprocess.run(["squeue", "--noheader"], capture_output=True,
+                                                             text=True).stdout.strip():
+            time.sleep(0.5)
         for daemon in reversed(daemons):
             daemon.terminate()
             try:
