@@ -53,6 +53,7 @@ class BetonSplit:
         ffcv's random crops and flips use numba's own unseeded generators: the order follows the seed, they do not.
         With `shard` = (rank, world), every rank draws the same order and keeps rows rank::world of each batch.
         """
+        threads = torch.get_num_threads()  # ffcv sets torch's threads to its worker count: import, Loader, epoch
         from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
@@ -80,7 +81,10 @@ class BetonSplit:
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         for x, y in loader:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             yield (x.float() / 255 - mean) / std, y.long()
+        torch.set_num_threads(threads)
 
 
 def _split(path: Path, cfg: DataConfig) -> BetonSplit:
@@ -101,10 +105,13 @@ def _split(path: Path, cfg: DataConfig) -> BetonSplit:
 
 def imagenet(cfg: DataConfig) -> Data:
     """data.root/train.beton and val.beton, as ffcv-imagenet's writer makes them."""
+    threads = torch.get_num_threads()
     try:
         import ffcv  # noqa: F401
     except ImportError:
         raise ConfigError("data.decode: 'ffcv' needs the ffcv package (pip install 'lotterylab[imagenet]')") from None
+    finally:
+        torch.set_num_threads(threads)  # importing ffcv sets torch to one thread
     if cfg.label_noise > 0:
         raise ConfigError("data.label_noise: not supported with data.decode 'ffcv' (labels come from the .beton)")
     root = Path(cfg.root)

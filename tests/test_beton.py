@@ -11,7 +11,9 @@ from PIL import Image
 from lotterylab import data, imagenet
 from lotterylab.config import ConfigError, DataConfig
 
+_threads = torch.get_num_threads()
 ffcv = pytest.importorskip("ffcv", reason="ffcv is not installed (the `imagenet` extra)")
+torch.set_num_threads(_threads)  # importing ffcv sets torch to one thread, which would change every later test
 pytestmark = pytest.mark.slow  # every ffcv Loader compiles its pipeline with numba: about ten seconds each here
 
 
@@ -60,7 +62,14 @@ def _rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_eval_batches_are_normalized_centre_crops_in_file_order(root: Path) -> None:
-    loaded = _load(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # not ffcv's worker count (1), so a change would show
+    try:
+        loaded = _load(root)
+        list(loaded.test.batches(3))
+        assert torch.get_num_threads() == 3, "ffcv's thread setting leaked into torch"
+    finally:
+        torch.set_num_threads(threads)
     assert (loaded.num_classes, loaded.input_shape, len(loaded.train), len(loaded.test)) == (2, (3, 32, 32), 6, 4)
     assert loaded.train.y.tolist() == [0, 1, 0, 1, 0, 1]
     batches = list(loaded.test.batches(3))
