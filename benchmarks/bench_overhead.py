@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lotterylab import config, data
+import torch
+
+from lotterylab import config, data, results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,10 +99,11 @@ def main() -> None:
             times["lotterylab run"].append(_timed(run + [item for o in overrides for item in ("--set", o)]))
 
     base = statistics.median(times["bare loop"])
-    report = {name: {"median_s": round(statistics.median(t), 3), "ratio_to_bare": round(statistics.median(t) / base, 3)}
-              for name, t in times.items()}
-    print(json.dumps({"epochs": args.epochs, "repeats": args.repeats, "results": report}, indent=1))
-
+    device = results.device_name(torch.device("cpu"))
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(json.dumps({"bench": "overhead", "device": device, "side": name, "epochs": args.epochs,
+                          "repeats": args.repeats, "median_s": round(median, 3), "ratio_to_bare": round(median / base, 3)}))
 
 if __name__ == "__main__":
     main()

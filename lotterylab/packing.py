@@ -31,8 +31,8 @@ MAX_PACK = 8
 
 
 def default_max_pack(cfg: Config) -> int:
-    """MAX_PACK on CUDA; 1 (no packing) on CPU, where a pack of K measured no faster than K runs in turn
-    (benchmarks/bench_packing.py: a CPU core is already busy with one small run)."""
+    """MAX_PACK on CUDA; 1 (no packing) on CPU, where packing measured 1.0-1.4x (benchmarks/README.md) and would
+    trade lotterylab's bitwise CPU reproducibility for fp32-rounding equality."""
     return MAX_PACK if resolve_device(cfg.train.device).type == "cuda" else 1
 
 UNPACKED_DATASETS = ("imagenet",)
