@@ -76,7 +76,8 @@ class TrainRun:
     def __call__(self) -> str:
         match_threads_to_allocation()
         run_dir = paths.run_dir(Path(self.runs_root), self.cfg.run_hash())
-        print(json.dumps({"run": str(run_dir), "start": start_position(run_dir)}), flush=True)
+        attempt = locks.slurm_attempt()  # a requeued job takes over its earlier attempt's lock by this
+        print(json.dumps({"run": str(run_dir), "start": start_position(run_dir), "slurm": attempt}), flush=True)
         return str(runs.run(self.cfg, self.runs_root))
 
     def checkpoint(self) -> Any:

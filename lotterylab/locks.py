@@ -3,9 +3,11 @@
 Rules (also in docs/reliability.md):
 - The lock is `<run>/lock`, created with O_CREAT | O_EXCL; it holds the holder's pid, host name and a random token.
 - The holder touches it at most every HEARTBEAT_S seconds while training, so a live lock is never old.
-- A lock is stale when its pid is dead on this host, or when it has not been touched for `stale_after` seconds
-  (default STALE_AFTER_S, or the LOTTERYLAB_STALE_LOCK_S environment variable). A stale lock is taken over
-  with a warning naming the file and its holder.
+- A lock is stale when its pid is dead on this host, when it was taken by an earlier attempt of the same Slurm job
+  (same SLURM_JOB_ID, lower SLURM_RESTART_COUNT: Slurm ends an attempt before it requeues the job, maybe onto another
+  node), or when it has not been touched for `stale_after` seconds (default STALE_AFTER_S, or the
+  LOTTERYLAB_STALE_LOCK_S environment variable). A stale lock is taken over with a warning naming the file and its
+  holder.
 - A process that finds a live lock waits (polling every POLL_S seconds) until it is released or goes stale.
 - The lock is released in `finally`, and only by its holder.
 """
@@ -36,6 +38,15 @@ def _pid_is_dead(pid: int) -> bool:
     return False
 
 
+def slurm_attempt() -> tuple[str, int] | None:
+    """(SLURM_JOB_ID, SLURM_RESTART_COUNT) inside a Slurm job; the count grows each time the job is requeued."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return job, int(restarts) if restarts.isdigit() else 0
+
+
 class RunLock:
     """Context manager holding `path` exclusively; also a training callback that keeps the lock fresh."""
 
@@ -63,6 +74,10 @@ class RunLock:
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
                 and _pid_is_dead(holder["pid"]):
             return f"pid {holder['pid']} is dead on this host"
+        mine, theirs = slurm_attempt(), holder.get("slurm")
+        if mine is not None and isinstance(theirs, list) and len(theirs) == 2 and theirs[0] == mine[0] \
+                and isinstance(theirs[1], int) and theirs[1] < mine[1]:
+            return f"taken by attempt {theirs[1]} of Slurm job {mine[0]}, which is now at attempt {mine[1]}"
         if age > self.stale_after:
             return f"untouched for {age:.0f} s (> {self.stale_after:.0f} s)"
         return None
@@ -74,6 +89,8 @@ class RunLock:
         except FileExistsError:
             return False
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "token": self.token}
+        if slurm_attempt() is not None:
+            holder["slurm"] = list(slurm_attempt())
         with os.fdopen(descriptor, "w") as handle:
             json.dump(holder, handle)
         self.last_touch = time.monotonic()

@@ -141,10 +141,10 @@ def _mid_run(run_dir: Path) -> bool:
     return paths.stage_end(run_dir, 0).is_file() and not paths.stage_end(run_dir, CYCLES - 1).is_file()
 
 
-def _attempts(job) -> list:
+def _attempts(job, key: str = "start") -> list:
     """Where each attempt of `job` started: TrainRun prints it first (submitit appends a requeued job's log)."""
     lines = Path(job.paths.stdout).read_text().splitlines()
-    return [json.loads(line)["start"] for line in lines if line.startswith('{"run"')]
+    return [json.loads(line)[key] for line in lines if line.startswith('{"run"')]
 
 
 def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
@@ -187,6 +187,10 @@ def test_slurm_sweep_survives_scancel_and_preemption(slurm_cluster, tmp_path):
         first, *later = _attempts(job)
         assert first is None and len(later) == 1, f"{run_dir}: attempts started at {[first, *later]}"
         assert later[0]["stage"] * EPOCHS + later[0]["epoch"] > 0, f"{run_dir} restarted from scratch: {later}"
+        # Slurm numbers the attempts: a requeued job on another node takes over its earlier attempt's lock by this
+        (job_id, first_count), (same_id, later_count) = _attempts(job, "slurm")
+        assert same_id == job_id and later_count > first_count, \
+            f"SLURM_RESTART_COUNT did not grow: {first_count} -> {later_count}"
     for run_dir, stat in before.items():  # a restarted run would have rewritten its first cycle's checkpoint
         after = os.stat(paths.stage_end(run_dir, 0))
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), f"{run_dir}: cycle 0 trained again"

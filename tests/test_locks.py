@@ -144,3 +144,20 @@ def test_collect_names_a_corrupt_results_file(tmp_path):
     assert str(paths.results(run_dir)) in str(error.value) and "\n" not in str(error.value)
     grids.run_all(points, tmp_path)  # rewrites the results from the run's checkpoints
     assert grids.collect(points, tmp_path).sizes["seed"] == 1
+
+
+@pytest.mark.parametrize("job, restarts, taken", [("17", "1", True), ("17", "0", False), ("18", "3", False)])
+def test_a_requeued_slurm_job_takes_over_its_earlier_attempts_lock_at_once(tmp_path, monkeypatch, job, restarts, taken):
+    """The earlier attempt ran on another node (its pid cannot be checked) and touched the lock just now."""
+    lock_path = tmp_path / "lock"
+    lock_path.write_text(json.dumps({"pid": 1, "host": "node-b", "time": 0, "token": "x", "slurm": ["17", 0]}))
+    monkeypatch.setenv("SLURM_JOB_ID", job)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+    lock = locks.RunLock(lock_path)
+    if taken:
+        with pytest.warns(UserWarning, match="taken by attempt 0 of Slurm job 17, which is now at attempt 1"):
+            assert lock.try_acquire()
+        assert json.loads(lock_path.read_text())["slurm"] == ["17", 1]
+        lock.release()
+    else:
+        assert not lock.try_acquire() and json.loads(lock_path.read_text())["host"] == "node-b"
