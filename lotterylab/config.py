@@ -294,15 +294,20 @@ def set_override(raw: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(text)
 
 
+def read_yaml(path: Path, kind: str, error: type[Exception] = ConfigError) -> Any:
+    """A YAML file's content; a missing or malformed file raises `error` in one line naming it (`kind`: config, ...)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {kind} file") from None
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML ({str(problem).splitlines()[0]})") from None
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config file, apply `--set` overrides, validate."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    raw = read_yaml(path, "config") or {}
     if isinstance(raw, dict):
         for assignment in overrides:
             set_override(raw, assignment)

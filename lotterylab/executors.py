@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from lotterylab import checkpoint, locks, packing, paths, results, runs
-from lotterylab.config import Config, ConfigError, Section, _error_line
+from lotterylab.config import Config, ConfigError, Section, _error_line, read_yaml
 
 Executor = Callable[[Sequence[Config], str | Path], list[Path]]
 
@@ -257,12 +256,7 @@ def section(option: str) -> dict[str, Any]:
     if not option.endswith((".yaml", ".yml")):
         return {"name": option}
     path = Path(option)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such executor file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    raw = read_yaml(path, "executor")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with a name, e.g. {{name: slurm, partition: gpu}}")
     from_params(raw, str(path))

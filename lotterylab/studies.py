@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lotterylab.config import read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: notebooks/ and params/ live beside the package
 SCALES = ("smoke", "cpu", "gpu", "paper")
@@ -119,12 +119,7 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
 def load_params(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
     """A params YAML file checked against the notebook's defaults: known names and plain literal values only."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise StudyError(f"{path}: no such params file") from None
-    except yaml.YAMLError as error:
-        raise StudyError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    raw = read_yaml(path, "params", StudyError)
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: expected a mapping of parameter names, got {type(raw).__name__}")

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lotterylab import executors, grids
-from lotterylab.config import ConfigError
+from lotterylab.config import ConfigError, read_yaml
 
 SECTIONS = ("base", "axes", "executor")
 
@@ -42,12 +40,7 @@ def _axis(source: str, dim: str, spec: Any) -> grids.Axis:
 def load(path: str | Path, executor: str | None = None) -> Sweep:
     """Read and validate a sweep file; `executor` (a name or an executor YAML file) replaces its executor section."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such sweep file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    raw = read_yaml(path, "sweep")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
     unknown = [key for key in raw if key not in SECTIONS]
