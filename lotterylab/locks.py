@@ -89,8 +89,9 @@ class RunLock:
         except FileExistsError:
             return False
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "token": self.token}
-        if slurm_attempt() is not None:
-            holder["slurm"] = list(slurm_attempt())
+        attempt = slurm_attempt()
+        if attempt is not None:
+            holder["slurm"] = list(attempt)
         with os.fdopen(descriptor, "w") as handle:
             json.dump(holder, handle)
         self.last_touch = time.monotonic()

@@ -24,7 +24,7 @@ from torch.func import functional_call, vmap
 from lotterylab import locks, masks, paths, results, runs
 from lotterylab.config import Config
 from lotterylab.schedules import lr_at
-from lotterylab.train import DivergenceError, Trainer, resolve_device
+from lotterylab.train import DivergenceError, Trainer, mark_first_bad, resolve_device
 
 MAX_PACK = 8
 """Runs trained together at most on a GPU; more pending runs form further packs."""
@@ -58,8 +58,8 @@ class Pack:
         self.base = copy.deepcopy(first.model).to("meta")
         named = [dict(t.model.named_parameters()) for t in self.trainers]
         self.params = {name: torch.stack([n[name].detach() for n in named]).requires_grad_() for name in named[0]}
-        self.buffers = {name: torch.stack([dict(t.model.named_buffers())[name] for t in self.trainers])
-                        for name, _ in first.model.named_buffers()}
+        buffers = [dict(t.model.named_buffers()) for t in self.trainers]
+        self.buffers = {name: torch.stack([b[name] for b in buffers]) for name in buffers[0]}
         opt = self.cfg.optimizer
         self.optimizer = torch.optim.SGD(list(self.params.values()), lr=opt.lr, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay, nesterov=opt.nesterov)
@@ -73,12 +73,10 @@ class Pack:
                                         for t in self.trainers]) for name in masked}
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
         self.forward = vmap(self._forward)
+        self.autocast = first.autocast  # every run shares train.bf16 and the device
 
     def _forward(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(self.base, (params, buffers), (x,))
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
 
     def train_epoch(self, stages: Sequence[int], epoch: int, callbacks: Sequence[Sequence]) -> list:
         """One epoch for all K runs; per run (mean loss, accuracy, last LR), or its DivergenceError."""
@@ -95,7 +93,7 @@ class Pack:
             lr = lr_at(cfg.schedule, cfg.optimizer.lr, epoch, step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with self._autocast():
+            with self.autocast():
                 logits = self.forward(self.params, self.buffers, x)
             losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(count, -1)
             losses = losses.mean(1)
@@ -104,7 +102,7 @@ class Pack:
             self.optimizer.step()
             self.mask_step()
             detached = losses.detach()
-            first_bad = torch.where(~torch.isfinite(detached) & (first_bad < 0), step, first_bad)
+            first_bad = mark_first_bad(first_bad, detached, step)
             loss_sum += detached * y.shape[1]
             correct += (logits.argmax(-1) == y).sum(1)
             for trainer, stage, hooks in zip(self.trainers, stages, callbacks):
@@ -126,7 +124,7 @@ class Pack:
         streams = [t.data.test.batches(self.cfg.data.test_batch_size) for t in self.trainers]
         for pairs in zip(*streams):
             x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-            with self._autocast():
+            with self.autocast():
                 logits = self.forward(self.params, self.buffers, x).float()
             loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(count, -1).sum(1)
             correct += (logits.argmax(-1) == y).sum(1)

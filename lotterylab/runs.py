@@ -122,7 +122,6 @@ class RunDriver:
         self.progress = Progress(len(self.stages) * self.epochs, self.stage * self.epochs + self.epoch,
                                  cfg.train.progress and distributed.is_main())
         self.callbacks = [*callbacks, self.progress]
-        self.density = 1.0
 
     @property
     def done(self) -> bool:
@@ -139,7 +138,6 @@ class RunDriver:
                 _save_init(self.run_dir, trainer)
             per_layer = masks.layer_density(trainer.mask)
             self.layer_density.append([per_layer.get(name, 1.0) for name in trainer.params])
-        self.density = masks.density(trainer.mask) if trainer.mask else 1.0
 
     @property
     def evaluate_now(self) -> bool:
@@ -153,7 +151,7 @@ class RunDriver:
         metrics = EpochMetrics(train_loss, train_acc, *test, lr)
         for name, value in vars(metrics).items():
             self.history[name].append(value)
-        self.history["density"].append(self.density)
+        self.history["density"].append(masks.density(self.trainer.mask) if self.trainer.mask else 1.0)
         for callback in [self.stages[self.stage], *self.callbacks]:
             if hasattr(callback, "on_epoch_end"):
                 callback.on_epoch_end(self.trainer, self.stage, self.epoch, metrics)

@@ -39,6 +39,11 @@ class Callback(Protocol):
     def on_epoch_end(self, trainer: Trainer, stage: int, epoch: int, metrics: EpochMetrics) -> None: ...
 
 
+def mark_first_bad(first_bad: Tensor, losses: Tensor, step: int) -> Tensor:
+    """`first_bad` with `step` written where `losses` is not finite for the first time; on the device, no host sync."""
+    return torch.where(~torch.isfinite(losses) & (first_bad < 0), step, first_bad)
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' is CUDA when available; under torchrun an unnumbered 'cuda' is this process's GPU (LOCAL_RANK)."""
     if name == "auto":
@@ -111,7 +116,8 @@ class Trainer:
         self.model.load_state_dict(self.snapshots[name])
         self.mask_step()
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when train.bf16 is set, else a no-op context."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
 
     def _input(self, x: Tensor) -> Tensor:
@@ -136,7 +142,7 @@ class Trainer:
             lr = lr_at(self.cfg.schedule, self.cfg.optimizer.lr, epoch, step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with self._autocast():
+            with self.autocast():
                 logits = self.forward(self._input(x))
                 loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -147,9 +153,7 @@ class Trainer:
             self.optimizer.step()
             self.mask_step()
             detached = loss.detach()
-            # Record where divergence began without a host sync on every step.
-            bad = ~torch.isfinite(detached) & (first_bad_step < 0)
-            first_bad_step = torch.where(bad, step, first_bad_step)
+            first_bad_step = mark_first_bad(first_bad_step, detached, step)
             loss_sum += detached * len(y)
             correct += (logits.argmax(1) == y).sum()
             for callback in callbacks:
@@ -169,7 +173,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for x, y in split.batches(self.cfg.data.test_batch_size, shard=(distributed.rank(), distributed.world_size())):
-            with self._autocast():
+            with self.autocast():
                 logits = self.forward(self._input(x)).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
