@@ -1,4 +1,4 @@
-"""ResNet-18 ImageNet-shaped training throughput: device-resident synthetic data (upper bound) against real JPEG folders.
+"""ResNet-18 ImageNet-shaped training throughput: device-resident synthetic data (upper bound) against JPEG folders.
 
 All sides run lotterylab's Trainer.train_epoch on `resnet18_imagenet` (1000 classes), batch --batch-size, random crops
 and flips on. Images per second over one timed epoch after a warm-up epoch:

@@ -103,7 +103,8 @@ def main() -> None:
     for name, samples in times.items():
         median = statistics.median(samples)
         print(json.dumps({"bench": "overhead", "device": device, "side": name, "epochs": args.epochs,
-                          "repeats": args.repeats, "median_s": round(median, 3), "ratio_to_bare": round(median / base, 3)}))
+                          "repeats": args.repeats, "median_s": round(median, 3),
+                          "ratio_to_bare": round(median / base, 3)}))
 
 if __name__ == "__main__":
     main()

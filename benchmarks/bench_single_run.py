@@ -1,4 +1,4 @@
-"""Seconds per epoch of one CIFAR-shaped ResNet20 run: the usual PyTorch recipe against lotterylab's options, in one run.
+"""Seconds per epoch of one CIFAR-shaped ResNet20 run: the usual PyTorch recipe against lotterylab's options, one run.
 
 Data: lotterylab's `synthetic` dataset, uint8 (N, 3, 32, 32), 10 classes (CIFAR-10-shaped). Batch 512, SGD momentum 0.9,
 weight decay 1e-4. Sides, each after one warm-up epoch (which also compiles), median over --epochs timed epochs:

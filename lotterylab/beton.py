@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lotterylab.config import ConfigError, DataConfig
-from lotterylab.data import Data, _no_noise, _one_line
+from lotterylab.data import Data, StreamedSplit, _no_noise, _one_line
 from lotterylab.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_FIELD, LABEL_FIELD = "image", "label"
@@ -18,7 +18,7 @@ IMAGE_FIELD, LABEL_FIELD = "image", "label"
 
 
 @dataclass(eq=False)
-class BetonSplit:
+class BetonSplit(StreamedSplit):
     """A .beton file (or a subset of its rows) read by ffcv's Loader; normalization happens on the device."""
 
     path: str
@@ -31,18 +31,8 @@ class BetonSplit:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def is_image(self) -> bool:
-        return True
-
-    def to(self, device: torch.device | str) -> BetonSplit:
-        return replace(self, device=torch.device(device))
-
     def subset(self, indices: Tensor) -> BetonSplit:
         return replace(self, rows=self.rows[indices], y=self.y[indices])
-
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,

@@ -80,7 +80,9 @@ def with_signs(magnitudes: dict[str, Tensor], signs: dict[str, Tensor], names: l
     return out
 
 
-def flip_signs(weights: dict[str, Tensor], mask: Mask, fraction: float, generator: torch.Generator) -> dict[str, Tensor]:
+def flip_signs(
+    weights: dict[str, Tensor], mask: Mask, fraction: float, generator: torch.Generator
+) -> dict[str, Tensor]:
     """Flip the signs of round(fraction * kept) randomly chosen kept weights in every masked layer."""
     out = dict(weights)
     for name, layer_mask in mask.items():

@@ -51,7 +51,7 @@ def augmentation_draws(batch: int, generator: torch.Generator) -> tuple[Tensor, 
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
-    """Copy a small CPU tensor to `device`; to CUDA through pinned memory without blocking, so no step waits for the GPU."""
+    """Copy a small CPU tensor to `device`; to CUDA through pinned memory without blocking: no step waits on the GPU."""
     if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
@@ -84,8 +84,26 @@ def label_noise(labels: Tensor, fraction: float, generator: torch.Generator) -> 
     return noisy, chosen.sort().values
 
 
+class Split:
+    """What every split shares: `len(split)` examples, served in batches by `batches(...)`."""
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+
+class StreamedSplit(Split):
+    """A split read from files every epoch (ImageFolder, .beton): always images, moved by its `device` field."""
+
+    @property
+    def is_image(self) -> bool:
+        return True
+
+    def to(self, device: torch.device | str):
+        return replace(self, device=torch.device(device))
+
+
 @dataclass(eq=False)
-class TensorSplit:
+class TensorSplit(Split):
     """A whole split held as tensors; batches are gathered (and images augmented) on the split's device."""
 
     x: Tensor  # images: uint8 (N, C, H, W); signals: float32 (N, C, L)
@@ -106,9 +124,6 @@ class TensorSplit:
 
     def subset(self, indices: Tensor) -> TensorSplit:
         return TensorSplit(self.x[indices], self.y[indices], self.mean, self.std)
-
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from lotterylab.config import ConfigError, DataConfig
-from lotterylab.data import Data, DataError, _no_noise, _one_line
+from lotterylab.data import Data, StreamedSplit, DataError, _no_noise, _one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +27,7 @@ ATTEMPTS = 10
 
 
 @dataclass(eq=False)
-class FolderSplit:
+class FolderSplit(StreamedSplit):
     """Image files streamed through a DataLoader; decoded on the device ('device') or by PIL in the workers ('pil')."""
 
     paths: list[str]
@@ -40,18 +40,8 @@ class FolderSplit:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
-    def is_image(self) -> bool:
-        return True
-
-    def to(self, device: torch.device | str) -> FolderSplit:
-        return replace(self, device=torch.device(device))
-
     def subset(self, indices: Tensor) -> FolderSplit:
         return replace(self, paths=[self.paths[i] for i in indices.tolist()], y=self.y[indices])
-
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,

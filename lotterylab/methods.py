@@ -47,7 +47,8 @@ def mask_at_init(trainer: Trainer, cfg: Config, stage: int) -> None:
     """Score the weights with the configured criterion and fix the mask at the target sparsity."""
     density = 1.0 - cfg.mask.sparsity
     generator = stage_generator(cfg.seed, "mask", stage)
-    scores = criteria.score(cfg.mask.criterion, cfg.mask, trainer.model, trainer.params, trainer.data, generator, density)
+    scores = criteria.score(cfg.mask.criterion, cfg.mask, trainer.model, trainer.params, trainer.data, generator,
+                            density)
     trainer.set_mask(masks.from_scores(scores, density, cfg.mask.resolved_allocation()))
 
 

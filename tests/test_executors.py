@@ -14,15 +14,9 @@ import yaml
 
 from lotterylab import cli, executors, grids, results
 from lotterylab.config import ConfigError
+from test_locks import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = {
-    "data": {"name": "mnist1d", "batch_size": 64, "train_size": 256, "test_size": 128},
-    "model": {"name": "mlp", "width": 16, "depth": 1},
-    "schedule": {"epochs": 1, "warmup_epochs": 0.5},
-    "method": {"name": "dense", "cycles": 1},
-    "train": {"progress": False},
-}
 
 
 @pytest.mark.parametrize("section, message", [

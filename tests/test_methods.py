@@ -99,7 +99,8 @@ def test_iterative_runs_resume_bitwise_across_levels(tmp_path, method, crash_at)
         runs.run(cfg, tmp_path / "resumed", callbacks=[Crash(*crash_at)])
     resumed = runs.run(cfg, tmp_path / "resumed")
     last = len(methods.level_densities(cfg))
-    assert_states_equal(checkpoint.load(paths.stage_end(reference, last)), checkpoint.load(paths.stage_end(resumed, last)))
+    assert_states_equal(checkpoint.load(paths.stage_end(reference, last)),
+                        checkpoint.load(paths.stage_end(resumed, last)))
 
 
 @pytest.mark.parametrize("method", ["imp", "wr", "lrr"])

@@ -156,7 +156,8 @@ def test_packed_steps_equal_solo_steps_in_float64_with_batchnorm_and_masks():
     solo = [as_float64(make_trainer(seed, **sections)) for seed in (0, 1)]
     for trainers in (packed, solo):
         generator = torch.Generator().manual_seed(7)
-        mask = {name: (torch.rand(p.shape, generator=generator) > 0.5).double() for name, p in trainers[1].params.items()}
+        mask = {name: (torch.rand(p.shape, generator=generator) > 0.5).double()
+                for name, p in trainers[1].params.items()}
         trainers[1].set_mask(mask)
     for epoch in range(2):
         pack = packing.Pack(packed)

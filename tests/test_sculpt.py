@@ -40,7 +40,8 @@ def test_every_target_prunes_the_cycled_weights_by_global_magnitude(sculpted):
         for name, module in reference.items():
             module.weight.data.copy_(weights[name])
         keep = round((1 - target) * total)
-        prune.global_unstructured([(m, "weight") for m in reference.values()], prune.L1Unstructured, amount=total - keep)
+        prune.global_unstructured([(m, "weight") for m in reference.values()], prune.L1Unstructured,
+                                  amount=total - keep)
         mask = checkpoint.load(paths.stage_end(sculpted, stage))["mask"]
         for name, module in reference.items():
             assert torch.equal(mask[name], module.weight_mask), (stage, name)
