@@ -1,6 +1,7 @@
 """Packed multi-run training against K separate runs: same weights, metrics and files, within fp32 tolerance."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ def last_weights(run_dir):
     return checkpoint.load(paths.stage_end(run_dir, stages - 1))["model"]
 
 
-def assert_runs_close(packed_dir, solo_dir, rtol=RTOL, floor=0.0):
+def assert_runs_close(packed_dir, solo_dir, rtol=RTOL, floor=0.0, metrics_rtol=1e-3,
+                      metrics=("train_loss", "test_loss", "test_acc", "density")):
     packed, solo = last_weights(packed_dir), last_weights(solo_dir)
     assert packed.keys() == solo.keys()
     for name in solo:
@@ -37,9 +39,10 @@ def assert_runs_close(packed_dir, solo_dir, rtol=RTOL, floor=0.0):
         diff = (packed[name].float() - solo[name].float()).norm().item()
         assert diff <= rtol * scale, f"{name}: |packed - solo| = {diff:.3g}, |solo| = {scale:.3g}"
     a, b = results.read(packed_dir), results.read(solo_dir)
-    for name in ("train_loss", "test_loss", "test_acc", "density"):
+    for name in metrics:
         assert a[name].shape == b[name].shape
-        torch.testing.assert_close(torch.tensor(a[name].values), torch.tensor(b[name].values), rtol=1e-3, atol=2e-3)
+        torch.testing.assert_close(torch.tensor(a[name].values), torch.tensor(b[name].values), rtol=metrics_rtol,
+                                   atol=2e-3)
 
 
 def test_pack_key_separates_what_must_be_equal():
@@ -77,9 +80,18 @@ def test_packed_masks_stay_applied_and_match_solo(tmp_path):
             assert momentum, "momentum buffers are written back into each run's optimizer"
 
 
-def test_batchnorm_conv_net_packs_with_per_run_statistics(tmp_path):
-    image = {"name": "synthetic", "shape": [3, 16, 16], "num_classes": 4, "train_size": 96, "test_size": 32,
-             "batch_size": 32, "augment": True}
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+IMAGES = {
+    "synthetic": {"name": "synthetic", "shape": [3, 16, 16], "num_classes": 4},
+    "fashion_mnist": {"name": "fashion_mnist", "root": str(FASHION_ROOT)},
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(IMAGES))
+def test_batchnorm_conv_net_packs_with_per_run_statistics(tmp_path, dataset):
+    if dataset == "fashion_mnist" and not FASHION_ROOT.is_dir():
+        pytest.skip(f"{FASHION_ROOT} absent (Debian package dataset-fashion-mnist; .ci/run installs it)")
+    image = {**IMAGES[dataset], "train_size": 96, "test_size": 32, "batch_size": 32, "augment": True}
     cfgs = [tiny(seed=seed, data=image, model={"name": "resnet20"}, schedule={"epochs": 2, "warmup_epochs": 0.5},
                  method={"name": "pai", "cycles": 1}, mask={"sparsity": sparsity})
             for seed, sparsity in [(0, 0.5), (1, 0.8)]]
@@ -89,7 +101,12 @@ def test_batchnorm_conv_net_packs_with_per_run_statistics(tmp_path):
         # In fp32 the grouped convolution rounds differently and BatchNorm's backward amplifies it (a single step's
         # gradients already differ by ~5e-3 relative at batch 16); the float64 test below shows the math is exact.
         # Per tensor the difference stays under 1e-2 of max(|w|, 1); runs with another seed differ by O(|w|).
-        assert_runs_close(packed_dir, solo_dir, rtol=1e-2, floor=1.0)
+        # On Fashion-MNIST the losses follow the weights (0.2% measured); an accuracy over 32 test images moves in
+        # steps of 1/32, so only losses and density are compared there.
+        real = dataset == "fashion_mnist"
+        assert_runs_close(packed_dir, solo_dir, rtol=1e-2, floor=1.0, metrics_rtol=1e-2 if real else 1e-3,
+                          metrics=("train_loss", "test_loss", "density") if real else
+                          ("train_loss", "test_loss", "test_acc", "density"))
         assert last_weights(packed_dir)["bn.num_batches_tracked"] == last_weights(solo_dir)["bn.num_batches_tracked"]
     assert not torch.allclose(last_weights(packed_dirs[0])["bn.running_var"],
                               last_weights(packed_dirs[1])["bn.running_var"])
