@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,23 +15,55 @@ from typing import Any
 
 import torch
 
-from lotterylab import paths
+from lotterylab import identity, paths
 
 
 class CheckpointError(RuntimeError):
     """No checkpoint of a run can be loaded; nothing was deleted."""
 
 
+class WriteError(OSError):
+    """A durable write failed (disk full, quota, read-only): the message is one line naming the file."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _write_error(path: Path, error: OSError) -> WriteError:
+    existing = next((folder for folder in path.parents if folder.is_dir()), Path("."))
+    try:
+        free = f"{shutil.disk_usage(existing).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message = f"{path}: disk full ({free}); nothing was lost: free space and rerun the same command"
+    else:
+        message = f"{path}: write failed ({error.strerror or error}; {free}); nothing was lost: rerun the same command"
+    written = WriteError(" ".join(message.split()))
+    written.errno, written.filename = error.errno, str(path)
+    return written
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; once written, fsync it, rename it over `path` and fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_path(path: Path, exclusive: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside `path`; once written, fsync it, move it to `path` and fsync the directory.
+
+    `path` appears whole or not at all. An OSError while writing leaves it as it was (absent or its previous
+    version) and becomes a WriteError. `exclusive`: link instead of rename, so that an existing `path` is kept and
+    FileExistsError raised (a lock's content is on disk before anyone can see the lock).
+    Every durable write of a run passes here: tests/test_crash_points.py injects its faults at this one point.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield temp
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(temp, path)
+        (os.link if exclusive else os.replace)(temp, path)
+    except (WriteError, FileExistsError):
+        raise
+    except OSError as error:
+        raise _write_error(path, error) from error
     finally:
         temp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
@@ -44,8 +78,20 @@ def atomic_write(path: Path, data: bytes) -> None:
         temp.write_bytes(data)
 
 
+def exclusive_write(path: Path, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists (False then); it is never seen empty or half-written."""
+    try:
+        with atomic_path(path, exclusive=True) as temp:
+            temp.write_bytes(data)
+    except FileExistsError:
+        return False
+    return True
+
+
 DIGEST_KEY = "_sha256"
 """Key of the content digest stored in every checkpoint: torch's zip format does not detect flipped bits."""
+RUN_KEY = "_run_hash"
+"""Key of the hash of the run a checkpoint belongs to (lotterylab.identity), covered by the digest."""
 
 
 def _feed(hasher: Any, value: Any) -> None:
@@ -73,25 +119,43 @@ def digest(state: dict[str, Any]) -> str:
     return hasher.hexdigest()
 
 
-def encode(state: dict[str, Any]) -> bytes:
-    """The bytes of a checkpoint file: `state` plus its digest, in torch's format."""
+def encode(state: dict[str, Any], run_hash: str | None = None) -> bytes:
+    """The bytes of a checkpoint file: `state`, the run it belongs to, and their digest, in torch's format."""
+    state = {**state, **({RUN_KEY: run_hash} if run_hash is not None else {})}
     buffer = io.BytesIO()
     torch.save({**state, DIGEST_KEY: digest(state)}, buffer)
     return buffer.getvalue()
 
 
-def save(state: dict[str, Any], path: Path) -> None:
-    atomic_write(path, encode(state))
+def save(state: dict[str, Any], path: Path, run_hash: str | None = None) -> None:
+    atomic_write(path, encode(state, run_hash))
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Load tensors and plain containers only (`weights_only=True`, never a fallback) and verify the digest."""
+def load(path: Path, run: Path | None = None) -> dict[str, Any]:
+    """Load tensors and plain containers only (`weights_only=True`, never a fallback) and verify the digest; with
+    `run`, also that the file lies inside that run directory and belongs to it (an IdentityError otherwise)."""
+    if run is not None:
+        identity.inside(run, path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or DIGEST_KEY not in state:
         raise CheckpointError(f"{path}: not a lotterylab checkpoint (no content digest)")
     if state.pop(DIGEST_KEY) != digest(state):
         raise CheckpointError(f"{path}: content digest mismatch (the file was altered or corrupted)")
+    recorded = state.pop(RUN_KEY, None)
+    if run is not None:
+        identity.check_hash(path, recorded, run)
     return state
+
+
+def is_valid(path: Path, run: Path) -> bool:
+    """Whether `path` loads, verifies and belongs to `run`."""
+    try:
+        load(path, run)
+    except identity.IdentityError:
+        raise
+    except Exception:  # whatever the unpickler raised, the file is unusable
+        return False
+    return True
 
 
 def epoch_checkpoints(run: Path) -> list[tuple[tuple[int, int], Path]]:
@@ -104,11 +168,15 @@ def epoch_checkpoints(run: Path) -> list[tuple[tuple[int, int], Path]]:
 
 
 def latest_valid(run: Path) -> dict[str, Any] | None:
-    """The newest checkpoint that loads; warn naming each one skipped; error if some exist but none load."""
+    """The newest checkpoint that loads; warn naming each one skipped; error if some exist but none load, and an
+    IdentityError for a file that is not the run's own (never skipped: it means the directory was tampered with)."""
+    identity.inside(run, paths.checkpoints(run))
     candidates = epoch_checkpoints(run)
     for _, path in reversed(candidates):
         try:
-            return load(path)
+            return load(path, run)
+        except identity.IdentityError:
+            raise
         except Exception as error:  # any unreadable file is skipped, whatever the unpickler raised
             warnings.warn(f"skipping unreadable checkpoint {path}: {type(error).__name__}: {error}", stacklevel=2)
     if candidates:

@@ -1,7 +1,9 @@
 """A lock file per run directory, so that two processes given the same config never both train it.
 
 Rules (also in docs/reliability.md):
-- The lock is `<run>/lock`, created with O_CREAT | O_EXCL; it holds the holder's pid, host name and a random token.
+- The lock is `<run>/lock`, holding the holder's pid, host name and a random token. It is written to a temporary file
+  and linked into place (`checkpoint.exclusive_write`), so it is never seen empty or half-written; an unreadable or
+  empty lock (left by an older lotterylab, or a damaged disk) has no live holder and is taken over at once.
 - The holder touches it at most every HEARTBEAT_S seconds while training, so a live lock is never old.
 - A lock is stale when its pid is dead on this host, when it was taken by an earlier attempt of the same Slurm job
   (same SLURM_JOB_ID, lower SLURM_RESTART_COUNT: Slurm ends an attempt before it requeues the job, maybe onto another
@@ -22,6 +24,8 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+
+from lotterylab import checkpoint
 
 STALE_AFTER_S = 3600.0
 HEARTBEAT_S = 60.0
@@ -64,13 +68,15 @@ class RunLock:
         except FileNotFoundError:
             return None
         except (ValueError, OSError):
-            return {}  # unreadable or half-written: judged by its age alone
+            return {}  # unreadable or empty: never written by a live holder
 
     def _stale_reason(self, holder: dict) -> str | None:
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return None
+        if not holder:
+            return "empty or unreadable, so no holder is recorded"
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
                 and _pid_is_dead(holder["pid"]):
             return f"pid {holder['pid']} is dead on this host"
@@ -83,17 +89,12 @@ class RunLock:
         return None
 
     def _try_create(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "token": self.token}
         attempt = slurm_attempt()
         if attempt is not None:
             holder["slurm"] = list(attempt)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(holder, handle)
+        if not checkpoint.exclusive_write(self.path, json.dumps(holder).encode()):
+            return False
         self.last_touch = time.monotonic()
         return True
 
