@@ -119,11 +119,25 @@ def digest(state: dict[str, Any]) -> str:
     return hasher.hexdigest()
 
 
+def _unshared(value: Any) -> Any:
+    """`value` with every container and string rebuilt as a new object. Pickle writes an object seen before as a
+    back-reference, so which objects happen to be shared (a key interned by Python in one process, read from a file
+    in a resumed one) would change the bytes of equal states; unshared, equal states give equal files."""
+    if isinstance(value, dict):
+        return {_unshared(key): _unshared(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_unshared(item) for item in value)
+    if type(value) is str:
+        return value.encode().decode()  # a new object (CPython keeps one-character and empty strings unique anyway)
+    return value
+
+
 def encode(state: dict[str, Any], run_hash: str | None = None) -> bytes:
-    """The bytes of a checkpoint file: `state`, the run it belongs to, and their digest, in torch's format."""
+    """The bytes of a checkpoint file: `state`, the run it belongs to, and their digest, in torch's format; the
+    same bytes for equal states, whatever process wrote them."""
     state = {**state, **({RUN_KEY: run_hash} if run_hash is not None else {})}
     buffer = io.BytesIO()
-    torch.save({**state, DIGEST_KEY: digest(state)}, buffer)
+    torch.save(_unshared({**state, DIGEST_KEY: digest(state)}), buffer)
     return buffer.getvalue()
 
 
@@ -167,14 +181,16 @@ def epoch_checkpoints(run: Path) -> list[tuple[tuple[int, int], Path]]:
     return sorted((position, path) for position, path in found if position is not None)
 
 
-def latest_valid(run: Path) -> dict[str, Any] | None:
-    """The newest checkpoint that loads; warn naming each one skipped; error if some exist but none load, and an
-    IdentityError for a file that is not the run's own (never skipped: it means the directory was tampered with)."""
+def latest_valid(run: Path) -> Path | None:
+    """The newest per-epoch checkpoint that loads and is the run's own; warn naming each one skipped; error if some
+    exist but none load, and an IdentityError for a file that is not the run's own (never skipped: it means the
+    directory was tampered with)."""
     identity.inside(run, paths.checkpoints(run))
     candidates = epoch_checkpoints(run)
     for _, path in reversed(candidates):
         try:
-            return load(path, run)
+            load(path, run)
+            return path
         except identity.IdentityError:
             raise
         except Exception as error:  # any unreadable file is skipped, whatever the unpickler raised

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lotterylab import checkpoint, config, models, paths, results
+from lotterylab import checkpoint, config, identity, models, paths, results
 from lotterylab.config import Config, ConfigError
 from lotterylab.masks import Mask
 
@@ -24,7 +24,7 @@ def resolve_source(cfg: Config, root: Path) -> Path:
         return runs.run(source_cfg, root)
     if not results.is_complete(source):
         raise ConfigError(f"method.source: {source} is not a finished run directory (no valid done.json)")
-    _check_compatible(cfg, config.load(paths.config(source)), source)
+    _check_compatible(cfg, identity.read_config(source), source)
     return source
 
 
@@ -42,13 +42,16 @@ def _check_compatible(cfg: Config, source: Config, where: Path) -> None:
 
 
 def _stage_state(source: Path, stage: int) -> dict[str, Any]:
-    ends = paths.stage_ends(source)
-    if not ends:
-        raise ConfigError(f"method.source: {source} has no stage-end checkpoints")
-    index = len(ends) - 1 if stage == -1 else stage
-    if not 0 <= index < len(ends):
-        raise ConfigError(f"method: stage {stage} does not exist in {source}, which has stages 0..{len(ends) - 1}")
-    return checkpoint.load(paths.stage_end(source, index))
+    """The source's stage-end checkpoint of `stage` (-1: its last), addressed by index among the stages its
+    completion marker records, and checked to be the source's own file."""
+    try:
+        stages = results.stage_count(source)
+    except ValueError as error:
+        raise ConfigError(f"method.source: {error}") from None
+    index = stages - 1 if stage == -1 else stage
+    if not 0 <= index < stages:
+        raise ConfigError(f"method: stage {stage} does not exist in {source}, which has stages 0..{stages - 1}")
+    return checkpoint.load(paths.stage_end(source, index), source)
 
 
 def source_mask(source: Path, level: int) -> Mask:

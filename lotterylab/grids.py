@@ -257,7 +257,7 @@ def at_each_stage(analysis: Callable[[Path, int], Any]) -> Callable[[Path], Any]
     import xarray as xr
 
     def every_stage(run: Path):
-        stages = results.read(run).sizes["stage"]
+        stages = results.stage_count(run)
         parts = [analysis(run, stage).reset_coords(drop=True) for stage in range(stages)]
         return xr.concat(parts, dim=STAGE_DIM, combine_attrs="override").assign_coords({STAGE_DIM: np.arange(stages)})
 
@@ -289,7 +289,7 @@ def lmc_between_epochs(run: Path, epochs: Sequence[int], alphas: Sequence[float]
         if not path.is_file():
             raise loading.AnalysisError(f"{path}: no checkpoint; retrain the run with train.keep_checkpoints covering "
                                         f"epoch {epoch}")
-        states.append(checkpoint.load(path))
+        states.append(checkpoint.load(path, Path(run)))
     per_pair = [lmc.interpolate(loaded.model, a["model"], b["model"], loaded.data,
                                 lmc.ALPHAS if alphas is None else alphas,
                                 lmc.BN_BATCHES if bn_batches is None else bn_batches,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lotterylab import checkpoint, data, masks, models, paths, results
+from lotterylab import checkpoint, data, identity, masks, models, paths, results
 from lotterylab.config import Config, ConfigError
 from lotterylab.train import resolve_device
 
@@ -66,7 +66,9 @@ class LoadedRun:
         if not path.is_file():
             raise AnalysisError(f"{path}: no stage-end checkpoint (is the run finished?)")
         try:
-            return checkpoint.load(path)
+            return checkpoint.load(path, self.run)
+        except ValueError:  # IdentityError: already one line naming the file
+            raise
         except Exception as error:  # whatever the unpickler raised, the file is unusable
             raise AnalysisError(f"{path}: unreadable checkpoint ({type(error).__name__})") from None
 
@@ -76,12 +78,8 @@ class LoadedRun:
 
 
 def read_config(run: Path) -> Config:
-    from lotterylab import config
-
-    path = paths.config(Path(run))
-    if not path.is_file():
-        raise AnalysisError(f"{path}: no such file (not a run directory?)")
-    return config.load(path)
+    """The run's config, checked to hash to its directory's name (an IdentityError otherwise)."""
+    return identity.read_config(Path(run))
 
 
 def load_run(run: str | Path, device: str | None = None) -> LoadedRun:
@@ -90,7 +88,7 @@ def load_run(run: str | Path, device: str | None = None) -> LoadedRun:
     cfg = read_config(run)
     if not results.is_complete(run):
         raise AnalysisError(f"{paths.results(run)}: missing or unfinished (finish the run with `lotterylab run`)")
-    stages = results.read(run).sizes["stage"]
+    stages = results.stage_count(run)
     target = resolve_device(device or cfg.train.device)
     try:
         dataset = data.load(cfg.data, cfg.seed, target)

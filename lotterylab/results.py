@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lotterylab import __version__, checkpoint, distributed, paths
+from lotterylab import __version__, checkpoint, distributed, identity, paths
 from lotterylab.config import Config
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "density")
@@ -77,33 +77,86 @@ def run_dataset(
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
+MARKER_SCHEMA = 2
+"""done.json's layout. 1: the results' checksum alone. 2: also the run hash, the stage count and the checksum of
+every artifact a finished run needs (config, init weights, every stage-end checkpoint)."""
+_HASHED: dict[tuple[str, int, int, int], str] = {}  # checksums by (path, inode, size, mtime): each file read once
+
+
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    status = path.stat()
+    key = (str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _HASHED[key]
+
+
+def artifacts(run: Path, stages: int) -> list[Path]:
+    """What a finished run of `stages` stages holds besides its results: config, init weights, every stage's end."""
+    return [paths.config(run), paths.init_weights(run), *(paths.stage_end(run, stage) for stage in range(stages))]
 
 
 def write(run: Path, dataset) -> None:
-    """Write results.nc atomically, then the completion marker holding its checksum (always last)."""
+    """Write results.nc atomically, then the completion marker holding the checksum of every artifact (always last).
+
+    Refuses (CheckpointError) while an artifact is missing: a run is never marked complete without all of them."""
+    stages = dataset.sizes["stage"]
+    for path in artifacts(run, stages):
+        if not path.is_file():
+            raise checkpoint.CheckpointError(f"{path}: missing, so {run} cannot be marked complete; rerun to rebuild it")
     with checkpoint.atomic_path(paths.results(run)) as temp:
         dataset.to_netcdf(temp, engine="h5netcdf")
-    marker = {"results_sha256": _sha256(paths.results(run)), "lotterylab_version": __version__}
+    marker = {"schema": MARKER_SCHEMA, "run_hash": identity.run_hash(run), "stages": stages,
+              "results_sha256": _sha256(paths.results(run)),
+              "artifacts": {str(path.relative_to(run)): _sha256(path) for path in artifacts(run, stages)},
+              "lotterylab_version": __version__}
     checkpoint.atomic_write(paths.done_marker(run), json.dumps(marker, indent=1).encode())
 
 
+def _marker(run: Path) -> dict[str, Any] | None:
+    """The completion marker's content if it is of the current schema and names this run; None otherwise."""
+    try:
+        marker = json.loads(paths.done_marker(run).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("schema") != MARKER_SCHEMA \
+            or marker.get("run_hash") != identity.run_hash(run):
+        return None
+    return marker
+
+
 def is_complete(run: Path) -> bool:
-    """Finished means: marker and results both present and the results match the marker's checksum."""
-    marker, results = paths.done_marker(run), paths.results(run)
-    if not (marker.is_file() and results.is_file()):
+    """Finished means: the marker names this run, and results.nc, config.yaml, init.pt and every stage-end checkpoint
+    exist inside the run directory with the checksums it recorded."""
+    marker = _marker(run)
+    if marker is None:
         return False
     try:
-        expected = json.loads(marker.read_text())["results_sha256"]
-    except (ValueError, KeyError, TypeError):
+        expected = {paths.results(run): marker["results_sha256"],
+                    **{path: marker["artifacts"][str(path.relative_to(run))]
+                       for path in artifacts(run, int(marker["stages"]))}}
+        return all(path.is_file() and identity.inside(run, path) and _sha256(path) == checksum
+                   for path, checksum in expected.items())
+    except (KeyError, TypeError, ValueError, OSError):  # IdentityError is a ValueError: a foreign file
         return False
-    return expected == _sha256(results)
+
+
+def stage_count(run: Path) -> int:
+    """How many stages a finished run has, as its completion marker records (stage-end files are addressed by
+    index, never counted)."""
+    marker = _marker(run)
+    if marker is None or not is_complete(run):
+        raise identity.IdentityError(f"{paths.done_marker(run)}: {run} is not a finished run")
+    return int(marker["stages"])
 
 
 def read(run: Path):
-    """Load a finished run's results into memory."""
+    """Load a finished run's results into memory; an IdentityError if the file lies outside `run` or names another
+    run."""
     import xarray as xr
 
-    with xr.open_dataset(paths.results(run), engine="h5netcdf") as dataset:
-        return dataset.load()
+    path = identity.inside(run, paths.results(run))
+    with xr.open_dataset(path, engine="h5netcdf") as dataset:
+        loaded = dataset.load()
+    identity.check_hash(paths.results(run), loaded.attrs.get("run_hash"), run)
+    return loaded

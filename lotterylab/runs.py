@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lotterylab import checkpoint, data, distributed, flops, locks, masks, models, paths, results
+from lotterylab import checkpoint, data, distributed, flops, identity, locks, masks, models, paths, results
 from lotterylab.config import Config
 from lotterylab.methods import METHODS
 from lotterylab.train import Callback, EpochMetrics, Trainer, resolve_device
@@ -41,20 +42,54 @@ def _apply_determinism(cfg: Config) -> None:
 
 
 def _write_config(run: Path, cfg: Config) -> None:
-    if distributed.is_main() and not paths.config(run).is_file():
-        checkpoint.atomic_write(paths.config(run), cfg.to_yaml().encode())
+    """config.yaml as `cfg`'s canonical YAML; a missing, truncated or edited one is rewritten (with a warning)."""
+    if not distributed.is_main() or identity.config_matches(run, cfg):
+        return
+    if paths.config(run).exists():
+        warnings.warn(f"{paths.config(run)}: does not hold this run's config (truncated or edited); rewritten",
+                      stacklevel=2)
+    identity.inside(run, paths.config(run))
+    checkpoint.atomic_write(paths.config(run), cfg.to_yaml().encode())
 
 
-def _save_init(run: Path, trainer: Trainer) -> None:
+def _save_init(run: Path, snapshots: dict[str, Any]) -> None:
     """The weights the run started from (a coupled run's chosen init), written once after stage 0 is prepared."""
-    if distributed.is_main() and not paths.init_weights(run).is_file():
-        checkpoint.save(trainer.snapshots["init"], paths.init_weights(run))
+    if distributed.is_main() and not checkpoint.is_valid(paths.init_weights(run), run):
+        checkpoint.save(snapshots["init"], paths.init_weights(run), identity.run_hash(run))
+
+
+def resume_point(run: Path, epochs: int, keep: int) -> Path | None:
+    """The checkpoint a run resumes from: its newest valid one, once every finished stage has a valid stage-end
+    checkpoint. A lost one is rebuilt from that stage's last per-epoch checkpoint (the same bytes) where it is still
+    kept; otherwise the run resumes from the end of the stage before, and the later per-epoch checkpoints, which
+    that retraining supersedes, are deleted. Per-epoch checkpoints past `keep` that a crash left are deleted, as the
+    step that crashed would have. None: start afresh."""
+    newest = checkpoint.latest_valid(run)
+    if newest is None:
+        return None
+    stage, epoch = paths.checkpoint_position(newest)
+    for finished in range(stage + (epoch == epochs)):  # stages whose stage-end checkpoint must exist
+        end, last_epoch = paths.stage_end(run, finished), paths.checkpoint(run, finished, epochs)
+        if checkpoint.is_valid(end, run):
+            continue
+        if checkpoint.is_valid(last_epoch, run):
+            warnings.warn(f"{end}: missing or invalid; rebuilt from {last_epoch.name}", stacklevel=2)
+            checkpoint.atomic_write(end, last_epoch.read_bytes())
+            continue
+        warnings.warn(f"{end}: missing or invalid and {last_epoch.name} is gone; retraining from stage {finished}",
+                      stacklevel=2)
+        for position, path in checkpoint.epoch_checkpoints(run):
+            if position > (finished, 0):
+                path.unlink()
+        return paths.stage_end(run, finished - 1) if finished > 0 else None
+    checkpoint.prune_old(run, keep)
+    return newest
 
 
 def _save_epoch(run: Path, trainer: Trainer, progress: dict[str, Any], stage_done: bool, keep: int) -> None:
     if not distributed.is_main():  # every rank holds the same state; rank 0 writes it
         return
-    payload = checkpoint.encode({**trainer.state_dict(), **progress})
+    payload = checkpoint.encode({**trainer.state_dict(), **progress}, identity.run_hash(run))
     checkpoint.atomic_write(paths.checkpoint(run, progress["stage"], progress["epoch"]), payload)
     if stage_done:
         # Stage-end checkpoints outlive the keep-last rule: analyses (LMC, sharpness) read them later.
@@ -112,8 +147,12 @@ class RunDriver:
         self.stage, self.epoch = 0, 0
         self.history: dict[str, list[float]] = {name: [] for name in results.METRICS}
         self.layer_density: list[list[float]] = []
-        state = checkpoint.latest_valid(run_dir)
+        keep = cfg.train.keep_checkpoints
+        point = distributed.broadcast_object(resume_point(run_dir, self.epochs, keep) if distributed.is_main() else None)
+        state = checkpoint.load(point, run_dir) if point is not None else None
         if state is not None:
+            if "init" in state["snapshots"]:
+                _save_init(run_dir, state["snapshots"])  # lost after stage 0 began: the state still holds it
             self.trainer.load_state_dict(state)
             self.stage, self.epoch = state["stage"], state["epoch"]
             self.history, self.layer_density = state["history"], state["layer_density"]
@@ -135,7 +174,7 @@ class RunDriver:
             self.stages[self.stage].prepare(trainer, self.cfg, self.stage)
             trainer.broadcast_from_main()
             if self.stage == 0:
-                _save_init(self.run_dir, trainer)
+                _save_init(self.run_dir, trainer.snapshots)
             per_layer = masks.layer_density(trainer.mask)
             self.layer_density.append([per_layer.get(name, 1.0) for name in trainer.params])
 

@@ -88,7 +88,7 @@ def test_three_resumes_across_cycle_and_level_boundaries(tmp_path, method):
     for crash_at in [(1, 0, 0), (1, 1, 3), (2, 0, 0)]:  # a boundary, mid-epoch, the next boundary
         with pytest.raises(KeyboardInterrupt):
             runs.run(cfg, tmp_path / "resumed", callbacks=[Crash(*crash_at)])
-        seen.append(checkpoint.latest_valid(run_dir))
+        seen.append(checkpoint.load(checkpoint.latest_valid(run_dir)))
     for earlier, later in zip(seen, seen[1:]):  # every resume made progress, so the final check is not vacuous
         assert (earlier["stage"], earlier["epoch"]) < (later["stage"], later["epoch"])
         assert any(not torch.equal(earlier["model"][k], later["model"][k]) for k in earlier["model"])
@@ -113,13 +113,13 @@ def test_planted_pickle_is_refused_and_never_runs(reference, tmp_path):
         checkpoint.load(newest)
     assert not marker.exists()
 
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "copy" / reference.name  # the same run elsewhere: its checkpoints are its own
     paths.checkpoints(run_dir).mkdir(parents=True)
     (paths.checkpoints(run_dir) / newest.name).write_bytes(newest.read_bytes())
     (paths.checkpoint(run_dir, 1, 3)).write_bytes(paths.checkpoint(reference, 1, 3).read_bytes())
     with pytest.warns(UserWarning, match=f"skipping unreadable checkpoint .*{newest.name}"):
-        state = checkpoint.latest_valid(run_dir)
-    assert (state["stage"], state["epoch"]) == (1, 3) and not marker.exists()
+        newest_valid = checkpoint.latest_valid(run_dir)
+    assert paths.checkpoint_position(newest_valid) == (1, 3) and not marker.exists()
 
 
 def _defaults():
