@@ -1,5 +1,7 @@
 """Hessian top eigenvalue and trace against an explicit Hessian on a tiny model, with and without a mask."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,3 +88,26 @@ def test_hessian_operator_leaves_pruned_coordinates_zero():
     image = apply([torch.ones_like(p) for p in model.parameters()])
     assert torch.all(image[0][:, 1:] == 0)
     assert image[0][:, 0].abs().sum() > 0
+
+
+def test_top_eigenvalue_matches_pyhessian_on_an_unmasked_mlp_on_mnist1d():
+    """PyHessian (a dev dependency) as the reference: it cannot restrict to a mask, so the net is unmasked."""
+    from pyhessian import hessian
+
+    from lotterylab import config, data, models
+
+    cfg = config.from_dict({"data": {"name": "mnist1d", "train_size": 512, "test_size": 128},
+                            "model": {"name": "mlp", "width": 32, "depth": 1}})
+    dataset = data.load(cfg.data, 0)
+    torch.manual_seed(0)
+    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes).double()
+    (x, y), = sharpness.fixed_batches(dataset, 1, 256, 0)
+    x = x.double()
+    start = sharpness._draw(model, torch.Generator().manual_seed(0), rademacher=False)
+    ours, _ = sharpness.largest_eigenvalue(sharpness.hessian_operator(model, [(x, y)]), start, 1e-8, 500)
+    with warnings.catch_warnings():  # PyHessian's backward(create_graph=True) warns of a reference cycle
+        warnings.simplefilter("ignore", UserWarning)
+        (reference,), _ = hessian(model, nn.CrossEntropyLoss(), data=(x, y), cuda=False).eigenvalues(maxIter=500,
+                                                                                                    tol=1e-8)
+    assert ours.converged and ours.eigenvalue > 0.1
+    assert ours.eigenvalue == pytest.approx(reference, rel=1e-4)
