@@ -127,43 +127,59 @@ class Trainer:
         """One epoch of SGD with the per-step LR of the cycle; returns mean loss, accuracy and the last LR.
 
         Under torchrun each rank trains on its rows of every global batch of data.batch_size; metrics are summed
-        over ranks, so every rank returns the global values.
+        over ranks, so every rank returns the global values. The step does only what the update needs plus one
+        argmax: losses, predictions and the divergence check are reduced once, after the last step (a small model's
+        step is bound by host time, so every op and Python call per step counts).
         """
         self.model.train()
-        split = self.data.train
-        batch_size, world = self.cfg.data.batch_size, distributed.world_size()
+        split, cfg = self.data.train, self.cfg
+        batch_size, world = cfg.data.batch_size, distributed.world_size()
         steps = split.num_batches(batch_size)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        first_bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
-        lr = self.cfg.optimizer.lr
-        batches = split.batches(batch_size, self.generator, self.cfg.data.augment, (distributed.rank(), world))
+        rates = [lr_at(cfg.schedule, cfg.optimizer.lr, epoch, step, steps) for step in range(steps)]
+        groups = self.optimizer.param_groups
+        hooks = [callback.on_step for callback in callbacks if hasattr(callback, "on_step")]
+        autocast = self.autocast if cfg.train.bf16 else contextlib.nullcontext
+        losses: list[Tensor] = []
+        predictions: list[Tensor] = []
+        labels: list[Tensor] = []
+        batches = split.batches(batch_size, self.generator, cfg.data.augment, (distributed.rank(), world))
         for step, (x, y) in enumerate(batches):
-            lr = lr_at(self.cfg.schedule, self.cfg.optimizer.lr, epoch, step, steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            with self.autocast():
+            for group in groups:
+                group["lr"] = rates[step]
+            with autocast():
                 logits = self.forward(self._input(x))
                 loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
-            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global batch makes that
-            # average the global batch's mean gradient, also when the last batch splits unevenly.
-            share = len(y) * world / min(batch_size, len(split) - step * batch_size)
-            (loss * share if world > 1 else loss).backward()
+            if world > 1:
+                # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global batch makes
+                # that average the global batch's mean gradient, also when the last batch splits unevenly.
+                (loss * (len(y) * world / min(batch_size, len(split) - step * batch_size))).backward()
+            else:
+                loss.backward()
+            losses.append(loss.detach())
             self.optimizer.step()
             self.mask_step()
-            detached = loss.detach()
-            first_bad_step = mark_first_bad(first_bad_step, detached, step)
-            loss_sum += detached * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            for callback in callbacks:
-                if hasattr(callback, "on_step"):
-                    callback.on_step(self, stage, epoch, step)
-        loss_sum, correct = distributed.sum_over_ranks(loss_sum), distributed.sum_over_ranks(correct)
-        bad_step = int(distributed.min_over_ranks(torch.where(first_bad_step < 0, steps, first_bad_step)))
-        if bad_step < steps:  # every rank raises together, at the first bad step of any rank
+            predictions.append(logits.detach().argmax(1))
+            labels.append(y)
+            for hook in hooks:
+                hook(self, stage, epoch, step)
+        return self._epoch_metrics(stage, epoch, losses, predictions, labels, rates[-1] if rates else cfg.optimizer.lr)
+
+    def _epoch_metrics(self, stage: int, epoch: int, losses: list[Tensor], predictions: list[Tensor],
+                       labels: list[Tensor], lr: float) -> tuple[float, float, float]:
+        """Mean loss and accuracy over the epoch, summed over ranks; DivergenceError at the first non-finite loss of
+        any rank (every rank raises together)."""
+        steps, count = len(losses), len(self.data.train)
+        if not steps:
+            return float("nan"), float("nan"), lr
+        per_step = torch.stack(losses)  # (steps,)
+        sizes = torch.tensor([len(y) for y in labels], device=per_step.device, dtype=per_step.dtype)
+        loss_sum = distributed.sum_over_ranks((per_step * sizes).sum())
+        correct = distributed.sum_over_ranks((torch.cat(predictions) == torch.cat(labels)).sum())
+        bad = (~torch.isfinite(per_step)).nonzero()
+        bad_step = int(distributed.min_over_ranks(bad[0, 0] if len(bad) else torch.tensor(steps, device=bad.device)))
+        if bad_step < steps:
             raise DivergenceError(f"loss is not finite at stage {stage}, epoch {epoch}, step {bad_step}")
-        count = len(split)
         return float(loss_sum) / count, float(correct) / count, lr
 
     @torch.no_grad()
