@@ -113,9 +113,17 @@ def wait(points: Sequence[Point], runs_root: str | Path, poll: float = 30.0, tim
         time.sleep(poll)
 
 
+def per_epoch(dataset) -> list[str]:
+    """Names of the per-epoch variables (the METRICS first, then any quantity a run recorded by name)."""
+    return [name for name in dataset.data_vars if "epoch" in dataset[name].dims]
+
+
 def _point_dataset(point: Point, run_dir: Path):
     run = results.read(run_dir)
-    names = [*results.METRICS, *(["layer_density"] if "layer_density" in run else [])]
+    for name in results.METRICS:  # a run written by an older version may lack one: NaN, never a KeyError
+        if name not in run:
+            run[name] = run.train_loss * np.nan
+    names = [*per_epoch(run), *(["layer_density"] if "layer_density" in run else [])]
     run = run[names].rename({"stage": STAGE_DIM})
     run["epochs_per_cycle"] = point.config.schedule.epochs
     run.attrs = {}
@@ -153,7 +161,7 @@ def collect(points: Sequence[Point], runs_root: str | Path, attrs: dict[str, Any
 def cycle_end(dataset):
     """Metrics at the last epoch of each cycle (or level): dims are the study's dims × `cycle`."""
     last = dataset.epoch == dataset.epochs_per_cycle
-    names = [name for name in results.METRICS if name in dataset]
+    names = per_epoch(dataset)
     return dataset[names].where(last).max("epoch").assign_attrs(dataset.attrs)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
@@ -16,6 +17,21 @@ from lotterylab import __version__, checkpoint, distributed, identity, paths
 from lotterylab.config import Config
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "density")
+"""What every run records each epoch; callbacks may record more by name (`Trainer.record`)."""
+RESULTS_SCHEMA = 2
+"""results.nc's layout, in its `results_schema` attribute. 1 (no attribute): the METRICS alone. 2: also every
+quantity recorded by name, as a (stage, epoch) variable."""
+
+
+def append_epoch(history: dict[str, list[float]], values: dict[str, float]) -> None:
+    """Append one epoch's values by name: a name first seen now is NaN in the epochs before, a name not given now is
+    NaN in this one (so a run resumed from a checkpoint of an older version lacks nothing)."""
+    epochs = max((len(column) for column in history.values()), default=0)
+    for name in values:
+        history.setdefault(name, [math.nan] * epochs)
+    for name, column in history.items():
+        column.extend([math.nan] * (epochs - len(column)))
+        column.append(float(values.get(name, math.nan)))
 
 
 def git_revision() -> str:
@@ -46,6 +62,7 @@ def provenance(cfg: Config, device: torch.device) -> dict[str, Any]:
         "device": device_name(device),
         "world_size": distributed.world_size(),  # processes (GPUs) of a torchrun run; 1 otherwise
         "deterministic": int(cfg.train.deterministic),
+        "results_schema": RESULTS_SCHEMA,
     }
 
 
@@ -64,9 +81,10 @@ def run_dataset(
     import xarray as xr
 
     coords = {"stage": np.arange(stages), "epoch": np.arange(1, epochs + 1)}
+    names = [*METRICS, *sorted(history.keys() - set(METRICS))]
     data_vars: dict[str, Any] = {
         name: (("stage", "epoch"), np.asarray(history[name], dtype=np.float64).reshape(stages, epochs))  # (S, E)
-        for name in METRICS
+        for name in names
     }
     if layers:
         data_vars["layer_density"] = (("stage", "layer"), np.asarray(layer_density, dtype=np.float64))

@@ -145,7 +145,7 @@ class RunDriver:
         self.stages = METHODS[cfg.method.name](cfg, out)
         self.epochs = cfg.schedule.epochs
         self.stage, self.epoch = 0, 0
-        self.history: dict[str, list[float]] = {name: [] for name in results.METRICS}
+        self.history: dict[str, list[float]] = {}
         self.layer_density: list[list[float]] = []
         keep = cfg.train.keep_checkpoints
         point = distributed.broadcast_object(resume_point(run_dir, self.epochs, keep) if distributed.is_main() else None)
@@ -188,12 +188,12 @@ class RunDriver:
         if test is None:
             test = self.trainer.evaluate(self.dataset.test) if self.evaluate_now else (math.nan, math.nan)
         metrics = EpochMetrics(train_loss, train_acc, *test, lr)
-        for name, value in vars(metrics).items():
-            self.history[name].append(value)
-        self.history["density"].append(masks.density(self.trainer.mask) if self.trainer.mask else 1.0)
         for callback in [self.stages[self.stage], *self.callbacks]:
             if hasattr(callback, "on_epoch_end"):
                 callback.on_epoch_end(self.trainer, self.stage, self.epoch, metrics)
+        density = masks.density(self.trainer.mask) if self.trainer.mask else 1.0
+        results.append_epoch(self.history, {**vars(metrics), "density": density, **self.trainer.recorded})
+        self.trainer.recorded = {}
         position = {"stage": self.stage, "epoch": self.epoch + 1, "history": self.history,
                     "layer_density": self.layer_density}
         stage_done = self.epoch + 1 == self.epochs

@@ -72,7 +72,13 @@ class Trainer:
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
         self.snapshots: dict[str, dict[str, Tensor]] = {}
         self.saved_masks: dict[str, masks.Mask] = {}
+        self.recorded: dict[str, float] = {}  # this epoch's quantities recorded by name (callbacks' own metrics)
         self.snapshot("init")
+
+    def record(self, name: str, value: float) -> None:
+        """Record a quantity for the current epoch by name; results.nc holds it as a (stage, epoch) variable, NaN in
+        the epochs where it was not recorded. A callback calls this from on_step or on_epoch_end."""
+        self.recorded[name] = float(value)
 
     def _new_optimizer(self) -> torch.optim.SGD:
         opt = self.cfg.optimizer
