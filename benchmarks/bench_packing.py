@@ -1,8 +1,9 @@
 """Aggregate training throughput of K runs in one process: packed (vmap) against K runs one after another.
 
 Each measurement trains K runs (own seeds and 90% random masks) for `--epochs` epochs after one warm-up epoch, in
-this process, on one device, and prints one JSON line: mode, K, seconds, examples/s summed over the K runs, and
-the ratio to one solo run measured in the same process. Modes:
+this process, on one device, and prints one JSON line: mode, K, seconds, examples/s summed over the K runs, the
+ratio to one solo run measured in the same process, and the peak CUDA memory of that measurement (`peak_gpu_mem_mib`,
+torch.cuda.max_memory_allocated; null on CPU). Modes:
 - `solo`: one run alone (the baseline, K = 1);
 - `sequential`: K trainers in turn, each a whole epoch (what a study does without packing);
 - `vmap`: lotterylab.packing.Pack, the K runs as one vmapped model;
@@ -20,6 +21,7 @@ import time
 
 import torch
 
+from gpu_memory import peak_mib, reset_peak
 from lotterylab import config, data, models, packing, results
 from lotterylab.train import Trainer, resolve_device
 
@@ -83,7 +85,7 @@ def _steps(trainer: Trainer, epoch: int):
 
     trainer.model.train()
     for x, y in trainer.data.train.batches(trainer.cfg.data.batch_size, trainer.generator, trainer.cfg.data.augment):
-        loss = F.cross_entropy(trainer.forward(trainer._input(x)), y)
+        loss = F.cross_entropy(trainer.forward(trainer.input(x)), y)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.optimizer.step()
@@ -96,6 +98,7 @@ MODES = {"sequential": epochs_sequential, "vmap": epochs_vmap, "streams": epochs
 
 def measure(mode: str, trainers: list[Trainer], epochs: int, device: torch.device) -> float:
     train = MODES["sequential" if mode == "solo" else mode]
+    reset_peak(device)
     train(trainers, 1)  # warm-up: allocator, kernels, vmap tracing
     sync(device)
     start = time.perf_counter()
@@ -120,8 +123,8 @@ def main() -> None:
     base = measure("solo", solo, args.epochs, device)
     base_rate = size * args.epochs / base
     line = {"bench": "packing", "model": args.model, "device": where, "threads": torch.get_num_threads()}
-    print(json.dumps({**line, "mode": "solo", "k": 1, "seconds": round(base, 3),
-                      "examples_per_s": round(base_rate, 1), "ratio_to_solo": 1.0}), flush=True)
+    print(json.dumps({**line, "mode": "solo", "k": 1, "seconds": round(base, 3), "examples_per_s": round(base_rate, 1),
+                      "ratio_to_solo": 1.0, "peak_gpu_mem_mib": peak_mib(device)}), flush=True)
     for k in [int(k) for k in args.ks.split(",")]:
         trainers = make_trainers(args.model, k, device, args.train_size)
         for mode in args.modes.split(","):
@@ -130,8 +133,8 @@ def main() -> None:
             seconds = measure(mode, trainers, args.epochs, device)
             rate = k * size * args.epochs / seconds
             print(json.dumps({**line, "mode": mode, "k": k, "seconds": round(seconds, 3),
-                              "examples_per_s": round(rate, 1), "ratio_to_solo": round(rate / base_rate, 2)}),
-                  flush=True)
+                              "examples_per_s": round(rate, 1), "ratio_to_solo": round(rate / base_rate, 2),
+                              "peak_gpu_mem_mib": peak_mib(device)}), flush=True)
         del trainers
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
-from lotterylab import loading, masks
+from lotterylab import loading, masks, step
 from lotterylab.data import Data
 
 ALPHAS = tuple(np.linspace(0.0, 1.0, 11).tolist())
@@ -73,12 +72,8 @@ def recompute_batchnorm(model: nn.Module, data: Data, batches: int, batch_size: 
 def evaluate(model: nn.Module, split, batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` (eval mode) over a whole split."""
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for x, y in split.batches(batch_size):
-        logits = model(x).float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    return loss_sum / len(split), correct / len(split)
+    loss_sum, correct = step.evaluate(model, split.batches(batch_size))
+    return float(loss_sum) / len(split), int(correct) / len(split)
 
 
 def barrier(losses: ArrayLike, alphas: ArrayLike) -> np.ndarray:

@@ -54,6 +54,8 @@ def slurm_attempt() -> tuple[str, int] | None:
 class RunLock:
     """Context manager holding `path` exclusively; also a training callback that keeps the lock fresh."""
 
+    reads_weights = False  # its on_step only touches the file: packed runs need not write weights back for it
+
     def __init__(self, path: Path, stale_after: float | None = None, poll: float = POLL_S):
         self.path = Path(path)
         self.stale_after = stale_after if stale_after is not None else float(

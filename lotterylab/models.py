@@ -156,6 +156,12 @@ MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
 }
 
 
+UNPACKABLE: dict[str, str] = {}
+"""Registered models that must train alone, each with the reason (lotterylab.packing.pack_key gives them no key): a
+packed run must equal its solo run, and random draws inside a model (dropout) come from another stream under vmap.
+tests/test_packing.py packs every other registered model in float64 against its solo run."""
+
+
 def init_weights(model: nn.Module) -> None:
     """Kaiming-normal (fan_in, ReLU) conv/linear weights with zero biases; BatchNorm weight 1, bias 0."""
     for module in model.modules():

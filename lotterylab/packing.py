@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from lotterylab import locks, masks, paths, results, runs
+from lotterylab import locks, masks, models, paths, results, runs, step, train
 from lotterylab.config import Config
-from lotterylab.schedules import lr_at
-from lotterylab.train import DivergenceError, Trainer, mark_first_bad, resolve_device
+from lotterylab.train import DivergenceError, Trainer, resolve_device
 
 MAX_PACK = 8
 """Runs trained together at most on a GPU; more pending runs form further packs."""
@@ -40,8 +39,9 @@ UNPACKED_DATASETS = ("imagenet",)
 
 
 def pack_key(cfg: Config) -> str | None:
-    """Runs with equal keys can share steps; None when this run must train alone (compiled or streamed data)."""
-    if cfg.train.compile or cfg.data.name in UNPACKED_DATASETS:
+    """Runs with equal keys can share steps; None when this run must train alone (compiled, streamed data, or a model
+    registered as unpackable)."""
+    if cfg.train.compile or cfg.data.name in UNPACKED_DATASETS or cfg.model.name in models.UNPACKABLE:
         return None
     shared = {name: getattr(cfg, name).model_dump() for name in ("model", "data", "optimizer", "schedule", "train")}
     shared["prunable"] = [cfg.mask.prune_first, cfg.mask.prune_last]
@@ -60,9 +60,7 @@ class Pack:
         self.params = {name: torch.stack([n[name].detach() for n in named]).requires_grad_() for name in named[0]}
         buffers = [dict(t.model.named_buffers()) for t in self.trainers]
         self.buffers = {name: torch.stack([b[name] for b in buffers]) for name in buffers[0]}
-        opt = self.cfg.optimizer
-        self.optimizer = torch.optim.SGD(list(self.params.values()), lr=opt.lr, momentum=opt.momentum,
-                                         weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+        self.optimizer = step.build_optimizer(list(self.params.values()), self.cfg.optimizer)
         for name, stacked in self.params.items():
             momenta = [t.optimizer.state.get(n[name], {}).get("momentum_buffer") for t, n in zip(self.trainers, named)]
             if any(m is not None for m in momenta):  # a missing buffer acts as zero: SGD's first step sets it to grad
@@ -72,62 +70,52 @@ class Pack:
         self.mask = {name: torch.stack([t.mask.get(name, torch.ones_like(self.params[name][0])).to(self.device)
                                         for t in self.trainers]) for name in masked}
         self.mask_step = masks.MaskStep(self.params, self.mask, self.optimizer)
-        self.forward = vmap(self._forward)
-        self.autocast = first.autocast  # every run shares train.bf16 and the device
+        self.input = first.input  # every run shares train settings and the device
+        self.autocast = first.autocast
+        self.forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="different")
 
     def _forward(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.base, (params, buffers), (x,))
+        return functional_call(self.base, (params, buffers), (self.input(x),))
+
+    def _stacked_forward(self, x: Tensor) -> Tensor:
+        return self.forward(self.params, self.buffers, x)  # (K, B, ...) -> (K, B, C)
 
     def train_epoch(self, stages: Sequence[int], epoch: int, callbacks: Sequence[Sequence]) -> list:
-        """One epoch for all K runs; per run (mean loss, accuracy, last LR), or its DivergenceError."""
-        cfg, count = self.cfg, len(self.trainers)
-        self.base.train()
-        steps = self.trainers[0].data.train.num_batches(cfg.data.batch_size)
-        streams = [t.data.train.batches(cfg.data.batch_size, t.generator, cfg.data.augment) for t in self.trainers]
-        loss_sum = torch.zeros(count, device=self.device)
-        correct = torch.zeros(count, device=self.device, dtype=torch.long)
-        first_bad = torch.full((count,), -1, device=self.device, dtype=torch.long)
-        lr = cfg.optimizer.lr
-        for step, pairs in enumerate(zip(*streams)):
-            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-            lr = lr_at(cfg.schedule, cfg.optimizer.lr, epoch, step, steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            with self.autocast():
-                logits = self.forward(self.params, self.buffers, x)
-            losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(count, -1)
-            losses = losses.mean(1)
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            self.optimizer.step()
-            self.mask_step()
-            detached = losses.detach()
-            first_bad = mark_first_bad(first_bad, detached, step)
-            loss_sum += detached * y.shape[1]
-            correct += (logits.argmax(-1) == y).sum(1)
-            for trainer, stage, hooks in zip(self.trainers, stages, callbacks):
-                for hook in hooks:
-                    if hasattr(hook, "on_step"):
-                        hook.on_step(trainer, stage, epoch, step)
-        size = len(self.trainers[0].data.train)
-        bad, loss_sum, correct = first_bad.tolist(), loss_sum.tolist(), correct.tolist()  # one sync per epoch
-        return [DivergenceError(f"loss is not finite at stage {stage}, epoch {epoch}, step {b}") if b >= 0
-                else (loss / size, right / size, lr) for stage, b, loss, right in zip(stages, bad, loss_sum, correct)]
+        """One epoch for all K runs (`step.sgd_epoch`); per run (mean loss, accuracy, last LR), or its DivergenceError.
 
-    @torch.no_grad()
+        on_step hooks are called with each run's own trainer after its weights and momentum are written back, so
+        they see the step's result, as in a solo run."""
+        cfg, data = self.cfg, self.trainers[0].data
+        self.base.train()
+        rates = train.epoch_rates(cfg, epoch, data.train.num_batches(cfg.data.batch_size))
+        streams = [t.data.train.batches(cfg.data.batch_size, t.generator, cfg.data.augment) for t in self.trainers]
+        batches = ((torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])) for pairs in zip(*streams))
+        hooked = [(trainer, stage, hook) for trainer, stage, hooks in zip(self.trainers, stages, callbacks)
+                  for hook in hooks if hasattr(hook, "on_step")]
+        reads_weights = any(getattr(hook, "reads_weights", True) for _, _, hook in hooked)
+
+        def call_hooks(index: int) -> None:
+            if reads_weights:
+                self.write_back()
+            for trainer, stage, hook in hooked:
+                hook.on_step(trainer, stage, epoch, index)
+
+        tally = step.sgd_epoch(self._stacked_forward, self.optimizer, self.mask_step, batches, rates, self.autocast,
+                               [call_hooks] if hooked else [])
+        if not tally.losses:
+            return [(math.nan, math.nan, cfg.optimizer.lr)] * len(stages)
+        size, lr = len(data.train), rates[-1]
+        loss_sum, correct, first_bad = (values.tolist() for values in tally.sums())  # one sync per epoch
+        return [DivergenceError(f"loss is not finite at stage {stage}, epoch {epoch}, step {bad}") if bad < len(rates)
+                else (loss / size, right / size, lr) for stage, bad, loss, right in zip(stages, first_bad, loss_sum, correct)]
+
     def evaluate(self) -> list[tuple[float, float]]:
         """Mean test cross-entropy and accuracy of each run, in eval mode, over its own test split."""
         self.base.eval()
-        count, size = len(self.trainers), len(self.trainers[0].data.test)
-        loss_sum = torch.zeros(count, device=self.device)
-        correct = torch.zeros(count, device=self.device, dtype=torch.long)
+        size = len(self.trainers[0].data.test)
         streams = [t.data.test.batches(self.cfg.data.test_batch_size) for t in self.trainers]
-        for pairs in zip(*streams):
-            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-            with self.autocast():
-                logits = self.forward(self.params, self.buffers, x).float()
-            loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(count, -1).sum(1)
-            correct += (logits.argmax(-1) == y).sum(1)
+        batches = ((torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])) for pairs in zip(*streams))
+        loss_sum, correct = step.evaluate(self._stacked_forward, batches, self.autocast)
         return [(loss / size, right / size) for loss, right in zip(loss_sum.tolist(), correct.tolist())]
 
     @torch.no_grad()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lotterylab import distributed, masks
+from lotterylab import distributed, masks, step
 from lotterylab.config import Config
 from lotterylab.data import Data, TensorSplit
 from lotterylab.imagenet import FolderSplit
@@ -32,16 +33,19 @@ class EpochMetrics:
 
 
 class Callback(Protocol):
-    """Hooks called by the loop; implement only what is needed (missing methods are skipped)."""
+    """Hooks called by the loop; implement only what is needed (missing methods are skipped).
+
+    on_step sees the weights after the step, solo or packed. A packed run writes its weights back into its trainer
+    before each on_step call, unless every hook sets `reads_weights = False` (a lock's heartbeat does)."""
 
     def on_step(self, trainer: Trainer, stage: int, epoch: int, step: int) -> None: ...
 
     def on_epoch_end(self, trainer: Trainer, stage: int, epoch: int, metrics: EpochMetrics) -> None: ...
 
 
-def mark_first_bad(first_bad: Tensor, losses: Tensor, step: int) -> Tensor:
-    """`first_bad` with `step` written where `losses` is not finite for the first time; on the device, no host sync."""
-    return torch.where(~torch.isfinite(losses) & (first_bad < 0), step, first_bad)
+def epoch_rates(cfg: Config, epoch: int, steps: int) -> list[float]:
+    """The LR of each step of `epoch` in the cycle."""
+    return [lr_at(cfg.schedule, cfg.optimizer.lr, epoch, index, steps) for index in range(steps)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,6 +69,7 @@ class Trainer:
         self.forward = distributed.wrap(self.model, device, cfg.train.sync_batchnorm)
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)
+        self.input = step.channels_last_input(cfg)
         self.params = masks.prunable(self.model, cfg.mask.prune_first, cfg.mask.prune_last)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
         self.optimizer = self._new_optimizer()
@@ -81,11 +86,7 @@ class Trainer:
         self.recorded[name] = float(value)
 
     def _new_optimizer(self) -> torch.optim.SGD:
-        opt = self.cfg.optimizer
-        return torch.optim.SGD(
-            self.model.parameters(), lr=opt.lr, momentum=opt.momentum,
-            weight_decay=opt.weight_decay, nesterov=opt.nesterov,
-        )
+        return step.build_optimizer(self.model.parameters(), self.cfg.optimizer)
 
     def restart(self) -> None:
         """Start a new cycle: fresh optimizer state (momentum zero), so each cycle is a full training run."""
@@ -123,82 +124,46 @@ class Trainer:
         self.mask_step()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when train.bf16 is set, else a no-op context."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
-
-    def _input(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last and x.dim() == 4 else x
+        """bf16 autocast when train.bf16 is set, else a no-op context (cheaper than a disabled autocast)."""
+        if not self.cfg.train.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_epoch(self, stage: int, epoch: int, callbacks: Sequence[Callback] = ()) -> tuple[float, float, float]:
-        """One epoch of SGD with the per-step LR of the cycle; returns mean loss, accuracy and the last LR.
+        """One epoch of SGD with the per-step LR of the cycle (`step.sgd_epoch`); mean loss, accuracy and last LR.
 
         Under torchrun each rank trains on its rows of every global batch of data.batch_size; metrics are summed
-        over ranks, so every rank returns the global values. The step does only what the update needs plus one
-        argmax: losses, predictions and the divergence check are reduced once, after the last step (a small model's
-        step is bound by host time, so every op and Python call per step counts).
+        over ranks, so every rank returns the global values.
         """
         self.model.train()
         split, cfg = self.data.train, self.cfg
         batch_size, world = cfg.data.batch_size, distributed.world_size()
-        steps = split.num_batches(batch_size)
-        rates = [lr_at(cfg.schedule, cfg.optimizer.lr, epoch, step, steps) for step in range(steps)]
-        groups = self.optimizer.param_groups
-        hooks = [callback.on_step for callback in callbacks if hasattr(callback, "on_step")]
-        autocast = self.autocast if cfg.train.bf16 else contextlib.nullcontext
-        losses: list[Tensor] = []
-        predictions: list[Tensor] = []
-        labels: list[Tensor] = []
+        rates = epoch_rates(cfg, epoch, split.num_batches(batch_size))
+        hooks = [functools.partial(callback.on_step, self, stage, epoch) for callback in callbacks
+                 if hasattr(callback, "on_step")]
+
+        def share(index: int, labels: Tensor) -> float:
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global batch makes
+            # that average the global batch's mean gradient, also when the last batch splits unevenly.
+            return len(labels) * world / min(batch_size, len(split) - index * batch_size)
+
         batches = split.batches(batch_size, self.generator, cfg.data.augment, (distributed.rank(), world))
-        for step, (x, y) in enumerate(batches):
-            for group in groups:
-                group["lr"] = rates[step]
-            with autocast():
-                logits = self.forward(self._input(x))
-                loss = F.cross_entropy(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            if world > 1:
-                # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global batch makes
-                # that average the global batch's mean gradient, also when the last batch splits unevenly.
-                (loss * (len(y) * world / min(batch_size, len(split) - step * batch_size))).backward()
-            else:
-                loss.backward()
-            losses.append(loss.detach())
-            self.optimizer.step()
-            self.mask_step()
-            predictions.append(logits.detach().argmax(1))
-            labels.append(y)
-            for hook in hooks:
-                hook(self, stage, epoch, step)
-        return self._epoch_metrics(stage, epoch, losses, predictions, labels, rates[-1] if rates else cfg.optimizer.lr)
-
-    def _epoch_metrics(self, stage: int, epoch: int, losses: list[Tensor], predictions: list[Tensor],
-                       labels: list[Tensor], lr: float) -> tuple[float, float, float]:
-        """Mean loss and accuracy over the epoch, summed over ranks; DivergenceError at the first non-finite loss of
-        any rank (every rank raises together)."""
-        steps, count = len(losses), len(self.data.train)
-        if not steps:
-            return float("nan"), float("nan"), lr
-        per_step = torch.stack(losses)  # (steps,)
-        sizes = torch.tensor([len(y) for y in labels], device=per_step.device, dtype=per_step.dtype)
-        loss_sum = distributed.sum_over_ranks((per_step * sizes).sum())
-        correct = distributed.sum_over_ranks((torch.cat(predictions) == torch.cat(labels)).sum())
-        bad = (~torch.isfinite(per_step)).nonzero()
-        bad_step = int(distributed.min_over_ranks(bad[0, 0] if len(bad) else torch.tensor(steps, device=bad.device)))
-        if bad_step < steps:
+        tally = step.sgd_epoch(lambda x: self.forward(self.input(x)), self.optimizer, self.mask_step, batches, rates,
+                               self.autocast, hooks, share if world > 1 else None)
+        if not tally.losses:
+            return math.nan, math.nan, cfg.optimizer.lr
+        loss_sum, correct, first_bad = tally.sums()
+        loss_sum, correct = distributed.sum_over_ranks(loss_sum), distributed.sum_over_ranks(correct)
+        bad_step = int(distributed.min_over_ranks(first_bad))
+        if bad_step < len(rates):  # every rank raises together, at the first bad step of any rank
             raise DivergenceError(f"loss is not finite at stage {stage}, epoch {epoch}, step {bad_step}")
-        return float(loss_sum) / count, float(correct) / count, lr
+        return float(loss_sum) / len(split), float(correct) / len(split), rates[-1]
 
-    @torch.no_grad()
     def evaluate(self, split: TensorSplit | FolderSplit) -> tuple[float, float]:
         """Mean cross-entropy and accuracy over a whole split, in eval mode; sharded over ranks under torchrun."""
         self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for x, y in split.batches(self.cfg.data.test_batch_size, shard=(distributed.rank(), distributed.world_size())):
-            with self.autocast():
-                logits = self.forward(self._input(x)).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+        batches = split.batches(self.cfg.data.test_batch_size, shard=(distributed.rank(), distributed.world_size()))
+        loss_sum, correct = step.evaluate(lambda x: self.forward(self.input(x)), batches, self.autocast)
         loss_sum, correct = distributed.sum_over_ranks(loss_sum), distributed.sum_over_ranks(correct)
         return float(loss_sum) / len(split), float(correct) / len(split)
 

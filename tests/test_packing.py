@@ -228,3 +228,64 @@ def test_the_study_runner_packs_through_the_local_executor(tmp_path, monkeypatch
     points = [grids.Point({"seed": c.seed}, c) for c in mixed_configs()]
     run_dirs = grids.run_all(points, tmp_path, executor={"name": "local", "max_pack": 3})
     assert [len(chunk) for chunk in chunks] == [3] and all(results.is_complete(d) for d in run_dirs)
+
+
+IMAGES = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 4, "train_size": 16, "test_size": 8,
+          "batch_size": 8}
+SIGNALS = {"name": "mnist1d", "train_size": 16, "test_size": 8, "batch_size": 8}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_registered_model_packs_to_its_solo_run_in_float64(name):
+    """The packing contract over the model registry: two steps of K = 2 packed runs equal the solo runs in float64,
+    or the model is registered as unpackable with a reason."""
+    if name in models.UNPACKABLE:
+        assert models.UNPACKABLE[name].strip()
+        return
+    sections = {"data": SIGNALS if name in ("mlp", "cnn1d") else IMAGES, "model": {"name": name}}
+    packed = [as_float64(make_trainer(seed, **sections)) for seed in (0, 1)]
+    solo = [as_float64(make_trainer(seed, **sections)) for seed in (0, 1)]
+    assert not any(isinstance(m, torch.nn.Dropout) for m in packed[0].model.modules()), \
+        f"{name} has dropout: register it in models.UNPACKABLE"
+    pack = packing.Pack(packed)
+    outcomes = pack.train_epoch([0, 0], 0, [[], []])
+    pack.write_back()
+    for trainer, outcome in zip(solo, outcomes):
+        assert outcome == pytest.approx(trainer.train_epoch(0, 0), rel=1e-9)
+    for a, b in zip(packed, solo):
+        for (key, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12, msg=f"{name}: {key}")
+
+
+def test_a_model_registered_unpackable_trains_alone(monkeypatch):
+    monkeypatch.setitem(models.UNPACKABLE, "mlp", "dropout draws differ under vmap")
+    assert packing.pack_key(tiny()) is None
+    monkeypatch.delitem(models.UNPACKABLE, "mlp")
+    assert packing.pack_key(tiny()) is not None
+
+
+def test_on_step_hooks_see_each_runs_weights_after_the_step_when_packed():
+    seen = {}
+
+    class Watcher:
+        def on_step(self, trainer, stage, epoch, step):
+            seen.setdefault(id(trainer), []).append(next(iter(trainer.model.parameters())).detach().clone())
+
+    packed = [make_trainer(seed) for seed in (0, 1)]
+    solo = [make_trainer(seed) for seed in (0, 1)]
+    pack = packing.Pack(packed)
+    pack.train_epoch([0, 0], 0, [[Watcher()], [Watcher()]])
+    for packed_trainer, solo_trainer in zip(packed, solo):
+        steps = seen[id(packed_trainer)]
+        assert len(steps) == solo_trainer.data.train.num_batches(solo_trainer.cfg.data.batch_size)
+        first_step_solo = {}
+
+        class First:
+            def on_step(self, trainer, stage, epoch, step):
+                if step == 0:
+                    first_step_solo["w"] = next(iter(trainer.model.parameters())).detach().clone()
+
+        solo_trainer.train_epoch(0, 0, [First()])
+        torch.testing.assert_close(steps[0], first_step_solo["w"], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(steps[0], steps[-1])
