@@ -9,7 +9,8 @@ and flips on. Images per second over one timed epoch after a warm-up epoch:
   --workers worker processes and decoded on the training device (data.decode 'device') or by PIL in the workers.
 - `loader only ...`: the same folder loaders with no training step: the decode ceiling.
 
-One JSON line per measurement, with the device and the ratio to `synthetic` measured in this process.
+One JSON line per measurement, with the device, the ratio to `synthetic` measured in this process and the peak CUDA
+memory of the measurement (`peak_gpu_mem_mib`, torch.cuda.max_memory_allocated; null on CPU).
 
     python benchmarks/bench_imagenet.py [--device auto] [--images 4096] [--batch-size 256] [--workers 8] [--bf16]
 """
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from gpu_memory import peak_mib, reset_peak
 from lotterylab import config, data, imagenet, models
 from lotterylab.train import Trainer, resolve_device
 
@@ -98,9 +100,11 @@ def main() -> None:
     def report(side: str, seconds: float, base: float | None) -> float:
         rate = images / seconds
         ratio = {} if base is None else {"ratio_to_synthetic": round(rate / base, 3)}
-        print(json.dumps({**common, "side": side, "images_per_s": round(rate, 1), **ratio}), flush=True)
+        print(json.dumps({**common, "side": side, "images_per_s": round(rate, 1), **ratio,
+                          "peak_gpu_mem_mib": peak_mib(device)}), flush=True)
         return rate
 
+    reset_peak(device)
     synthetic = data.load(config.from_dict(raw).data, 0, device)
     trainer = trainer_for(synthetic, raw, device)
     base = report("synthetic", timed(lambda: trainer.train_epoch(0, 0), device), None)
@@ -120,7 +124,9 @@ def main() -> None:
                     pass
 
             name = "device-decode" if decode == "device" else "pil"
+            reset_peak(device)
             report(f"loader only {name}", timed(load_only, device), base)
+            reset_peak(device)
             trainer = trainer_for(folder, folder_raw, device)
             report(f"folder {name}", timed(lambda: trainer.train_epoch(0, 0), device), base)
             del trainer

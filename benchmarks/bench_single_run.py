@@ -11,7 +11,9 @@ weight decay 1e-4. Sides, each after one warm-up epoch (which also compiles), me
 - `lotterylab bf16+channels_last`: the same with bf16 autocast and channels_last.
 - `lotterylab bf16+channels_last+compile`: the same with torch.compile.
 
-One JSON line per side, with the device and the speedup over `baseline` measured in this process.
+One JSON line per side, with the device, the speedup over `baseline` measured in this process and the side's peak
+CUDA memory (`peak_gpu_mem_mib`, torch.cuda.max_memory_allocated; null on CPU). `--model` swaps ResNet20 for another
+registry model of the same input (the GPU check's dry run uses a small one to keep compilation short on CPU).
 
     python benchmarks/bench_single_run.py [--epochs 3] [--train-size 50000] [--device auto] [--workers 4]
 """
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpu_memory import peak_mib, reset_peak
 from lotterylab import config, data, models
 from lotterylab.train import Trainer, resolve_device
 
@@ -52,17 +55,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _cfg(train_size: int, device: torch.device, **train) -> config.Config:
+def _cfg(train_size: int, device: torch.device, model: str, **train) -> config.Config:
     return config.from_dict({
         "data": {"name": "synthetic", "shape": [3, 32, 32], "train_size": train_size, "test_size": 1000,
                  "batch_size": BATCH},
-        "model": {"name": "resnet20"},
+        "model": {"name": model},
         "schedule": {"epochs": 150},
         "train": {"progress": False, "device": str(device), **train},
     })
 
 
-def baseline_epoch(images: np.ndarray, labels: list[int], device: torch.device, workers: int) -> Callable[[], None]:
+def baseline_epoch(images: np.ndarray, labels: list[int], device: torch.device, workers: int,
+                   model_name: str) -> Callable[[], None]:
     """The usual recipe: a torchvision dataset, CPU transforms in DataLoader workers, fp32 eager."""
     from PIL import Image
     from torchvision import transforms
@@ -87,7 +91,7 @@ def baseline_epoch(images: np.ndarray, labels: list[int], device: torch.device, 
     loader = torch.utils.data.DataLoader(CIFARShaped(transform), BATCH, shuffle=True, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     torch.manual_seed(0)
-    model = models.build(config.ModelConfig(name="resnet20"), (3, 32, 32), 10).to(device)
+    model = models.build(config.ModelConfig(name=model_name), (3, 32, 32), 10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     def epoch() -> None:
@@ -104,8 +108,8 @@ def baseline_epoch(images: np.ndarray, labels: list[int], device: torch.device, 
     return epoch
 
 
-def lotterylab_epoch(train_size: int, device: torch.device, train: dict) -> Callable[[], None]:
-    cfg = _cfg(train_size, device, **train)
+def lotterylab_epoch(train_size: int, device: torch.device, model: str, train: dict) -> Callable[[], None]:
+    cfg = _cfg(train_size, device, model, **train)
     dataset = data.load(cfg.data, cfg.seed, device)
     torch.manual_seed(0)
     trainer = Trainer(cfg, models.build(cfg.model, dataset.input_shape, dataset.num_classes), dataset, device)
@@ -132,21 +136,27 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=4, help="baseline DataLoader workers")
     parser.add_argument("--sides", nargs="*", choices=list(SIDES), default=list(SIDES), help="lotterylab sides to run")
+    parser.add_argument("--model", default="resnet20", help="model registry name (default resnet20)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     train_size = args.train_size or (50_000 if device.type == "cuda" else 1024)
-    common = {"bench": "single_run", "device": device_name(device), "torch": torch.__version__, "model": "resnet20",
+    common = {"bench": "single_run", "device": device_name(device), "torch": torch.__version__, "model": args.model,
               "batch_size": BATCH, "train_size": train_size, "timed_epochs": args.epochs}
 
-    split = data.load(_cfg(train_size, device).data, 0).train
+    split = data.load(_cfg(train_size, device, args.model).data, 0).train
     images = split.x.permute(0, 2, 3, 1).contiguous().numpy()  # (N, C, H, W) -> (N, H, W, C), as CIFAR10 holds them
-    base = seconds_per_epoch(baseline_epoch(images, split.y.tolist(), device, args.workers), device, args.epochs)
+    reset_peak(device)
+    baseline = baseline_epoch(images, split.y.tolist(), device, args.workers, args.model)
+    base = seconds_per_epoch(baseline, device, args.epochs)
     print(json.dumps({**common, "side": "baseline", "workers": args.workers, "s_per_epoch": round(base, 4),
-                      "speedup_vs_baseline": 1.0}), flush=True)
+                      "speedup_vs_baseline": 1.0, "peak_gpu_mem_mib": peak_mib(device)}), flush=True)
+    del baseline
     for side in args.sides:
-        seconds = seconds_per_epoch(lotterylab_epoch(train_size, device, SIDES[side]), device, args.epochs)
+        reset_peak(device)
+        seconds = seconds_per_epoch(lotterylab_epoch(train_size, device, args.model, SIDES[side]), device, args.epochs)
         print(json.dumps({**common, "side": side, "s_per_epoch": round(seconds, 4),
-                          "speedup_vs_baseline": round(base / seconds, 3)}), flush=True)
+                          "speedup_vs_baseline": round(base / seconds, 3), "peak_gpu_mem_mib": peak_mib(device)}),
+              flush=True)
 
 
 if __name__ == "__main__":
