@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lotterylab import hashing
 
 
 class ConfigError(ValueError):
@@ -20,10 +20,23 @@ def _unhashed(description: str) -> dict[str, Any]:
     return {"description": description, "json_schema_extra": {"hashed": False}}
 
 
-class Section(BaseModel):
-    """Base for config sections: unknown keys and wrong types are errors, values are immutable."""
+INT64 = 2**63
+"""Integer fields lie in [-INT64, INT64): torch and numpy fail on larger seeds and sizes deep inside, in a traceback."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys, wrong types, non-finite floats and integers beyond int64 are errors;
+    values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _fits_int64(cls, value: Any) -> Any:
+        for number in value if isinstance(value, list) else [value]:
+            if type(number) is int and not -INT64 <= number < INT64:  # type(): a bool is an int too
+                raise ValueError("out of range: must fit int64, in [-2**63, 2**63)")
+        return value
 
 
 def _check_registered(kind: str, name: str, valid: list[str]) -> str:
@@ -62,9 +75,13 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field("mlp", description="model registry name")
-    width: int | None = Field(None, gt=0, description="mlp hidden units / cnn1d channels; None is the model default")
-    depth: int | None = Field(None, gt=0, description="mlp hidden layers; None is the model default")
-    width_mult: float = Field(1.0, gt=0.0, description="channel multiplier for resnet20, resnet18 (CIFAR) and vgg16")
+    width: int | None = Field(
+        None, gt=0, le=2**20, description="mlp hidden units / cnn1d channels; None is the model default"
+    )
+    depth: int | None = Field(None, gt=0, le=1024, description="mlp hidden layers; None is the model default")
+    width_mult: float = Field(
+        1.0, gt=0.0, le=64.0, description="channel multiplier for resnet20, resnet18 (CIFAR) and vgg16"
+    )
     init: Literal["kaiming_normal", "pytorch"] = Field("kaiming_normal", description="weight initialisation")
 
     @field_validator("name")
@@ -76,19 +93,19 @@ class ModelConfig(Section):
 
 
 class OptimizerConfig(Section):
-    lr: float = Field(0.1, gt=0.0, description="peak learning rate of a cycle")
+    lr: float = Field(0.1, gt=0.0, le=1e3, description="peak learning rate of a cycle")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
-    weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="SGD weight decay")
     nesterov: bool = Field(False, description="Nesterov momentum")
 
 
 class ScheduleConfig(Section):
     name: str = Field("step_warmup", description="LR schedule within one cycle")
-    epochs: int = Field(150, gt=0, description="epochs per cycle")
+    epochs: int = Field(150, gt=0, le=100_000, description="epochs per cycle")
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup length in epochs")
     milestones: list[float] = Field([70 / 150, 130 / 150], description="step_warmup: drop points, fractions of a cycle")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step_warmup: factor applied at each milestone")
-    final_lr: float = Field(0.0, ge=0.0, description="one_cycle and cosine: final LR as a fraction of lr")
+    final_lr: float = Field(0.0, ge=0.0, le=1.0, description="one_cycle and cosine: final LR as a fraction of lr")
     step: Literal["iteration", "epoch"] = Field("iteration", description="update the LR every iteration or every epoch")
 
     @field_validator("name")
@@ -116,7 +133,9 @@ class MaskConfig(Section):
     prune_last: bool = Field(True, description="the last conv/linear layer is prunable")
     score_batches: int = Field(1, gt=0, description="snip, grasp: training batches the scores are summed over")
     score_batch_size: int = Field(512, gt=0, description="snip, grasp: size of each scoring batch")
-    grasp_temperature: float = Field(200.0, gt=0.0, description="grasp: logits are divided by this (the authors' T)")
+    grasp_temperature: float = Field(
+        200.0, gt=0.0, le=1e6, description="grasp: logits are divided by this (the authors' T)"
+    )
     synflow_rounds: int = Field(100, gt=0, description="synflow: pruning rounds (exponential density schedule)")
 
     @field_validator("criterion")
@@ -146,7 +165,7 @@ COUPLED_INITS = ("random", "warmup", "level", "signs", "perturbed_signs")
 
 class MethodConfig(Section):
     name: str = Field("dense", description="method registry name: the pipeline of stages")
-    cycles: int = Field(1, gt=0, description="LR cycles trained on the fixed mask; 1 is standard training")
+    cycles: int = Field(1, gt=0, le=10_000, description="LR cycles trained on the fixed mask; 1 is standard training")
     prune_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="imp, wr, lrr: share of remaining weights pruned per level"
     )
@@ -157,7 +176,8 @@ class MethodConfig(Section):
     targets: list[float] = Field([], description="sculpt: target sparsities, each retrained for one cycle")
     prune_criterion: str = Field("magnitude", description="sculpt: one-shot criterion from the cycled weights")
     source: str | None = Field(
-        None, description="coupled: run supplying the mask: a run directory, or a YAML config run first under --out"
+        None, description="coupled: run supplying the mask: a run directory, or a YAML config run first under --out",
+        json_schema_extra={"hashed_as": "run"},  # hashed as the source's run hash: a moved runs folder keeps it
     )
     source_level: int = Field(-1, ge=-1, description="coupled: stage of the source whose mask is used; -1 is the last")
     init: Literal["random", "warmup", "level", "signs", "perturbed_signs"] = Field(
@@ -196,7 +216,8 @@ class TrainConfig(Section):
 
 
 class Config(Section):
-    seed: int = Field(0, ge=0, description="seed of init, mask, data order, augmentation and label noise")
+    # Below 2**32, numpy's seed range: methods.stage_generator scales the seed by 1_000_003 into torch's 64 bits.
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of init, mask, data order, augmentation and label noise")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -231,32 +252,17 @@ class Config(Section):
         return self
 
     def canonical(self) -> dict[str, Any]:
-        """Settings that define the run: fields at their default and unhashed fields are left out."""
-        return _hashed_fields(self)
+        """Settings that define the run: unhashed fields and fields at their pinned default are left out
+        (lotterylab.hashing)."""
+        return hashing.canonical(self)
 
     def run_hash(self) -> str:
         """Identity of the run: a stable digest of the canonical config."""
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return hashing.digest(self)
 
     def to_yaml(self) -> str:
         """The full config, every field, as YAML (stored with the run and in results)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True)
-
-
-def _hashed_fields(section: BaseModel) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, field in type(section).model_fields.items():
-        value = getattr(section, name)
-        if isinstance(value, BaseModel):
-            nested = _hashed_fields(value)
-            if nested:
-                out[name] = nested
-            continue
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if extra.get("hashed", True) and value != field.default:
-            out[name] = value
-    return out
 
 
 def _error_line(error: ValidationError, source: str) -> str:
@@ -300,6 +306,12 @@ def read_yaml(path: Path, kind: str, error: type[Exception] = ConfigError) -> An
         return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise error(f"{path}: no such {kind} file") from None
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not a text file (byte {problem.start} is not UTF-8)") from None
+    except OSError as problem:  # a directory, no permission
+        raise error(f"{path}: cannot read the {kind} file ({problem.strerror or type(problem).__name__})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise error(f"{path}: nested too deeply to be a {kind} file") from None
     except yaml.YAMLError as problem:
         raise error(f"{path}: not valid YAML ({str(problem).splitlines()[0]})") from None
 
@@ -307,7 +319,9 @@ def read_yaml(path: Path, kind: str, error: type[Exception] = ConfigError) -> An
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config file, apply `--set` overrides, validate."""
     path = Path(path)
-    raw = read_yaml(path, "config") or {}
+    raw = read_yaml(path, "config")
+    if raw is None:  # more likely a mistake than a request for every default, which `{}` spells out
+        raise ConfigError(f"{path}: empty config file; write {{}} for the all-default config")
     if isinstance(raw, dict):
         for assignment in overrides:
             set_override(raw, assignment)

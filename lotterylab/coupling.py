@@ -13,15 +13,29 @@ from lotterylab.config import Config, ConfigError
 from lotterylab.masks import Mask
 
 
-def resolve_source(cfg: Config, root: Path) -> Path:
-    """The source run's directory; a YAML source is first run (or found finished) under `root`."""
+def plan(cfg: Config, root: Path) -> Config:
+    """`cfg` with its coupled source resolved to a finished run directory, before any run is built: a YAML source
+    is run first (or found finished) under `root`. Other configs come back unchanged. The run hash is the same
+    before and after (a source enters the hash as its run hash)."""
+    if cfg.method.name != "coupled" or cfg.method.source is None:
+        return cfg
+    source = Path(cfg.method.source)
+    if source.suffix not in (".yaml", ".yml"):
+        return cfg
+    from lotterylab import runs  # runs plans coupled runs before it builds them
+
+    source_cfg = config.load(source)
+    _check_compatible(cfg, source_cfg, source)
+    run_dir = runs.run(source_cfg, root)
+    return cfg.model_copy(update={"method": cfg.method.model_copy(update={"source": str(run_dir)})})
+
+
+def finished_source(cfg: Config) -> Path:
+    """The source run's directory, which must be finished: building a run reads finished runs only."""
     source = Path(cfg.method.source)
     if source.suffix in (".yaml", ".yml"):
-        from lotterylab import runs  # runs builds methods, which build coupled runs
-
-        source_cfg = config.load(source)
-        _check_compatible(cfg, source_cfg, source)
-        return runs.run(source_cfg, root)
+        raise ConfigError(f"method.source: {source} is a config, not a run: plan the coupled run first "
+                          f"(coupling.plan; `lotterylab run` and the study runners do)")
     if not results.is_complete(source):
         raise ConfigError(f"method.source: {source} is not a finished run directory (no valid done.json)")
     _check_compatible(cfg, identity.read_config(source), source)

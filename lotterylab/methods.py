@@ -127,7 +127,7 @@ def sculpt(cfg: Config, root: Path) -> list[Stage]:
 
 def coupled(cfg: Config, root: Path) -> list[Stage]:
     """A mask from another run's level with an init from `method.init`, then `cycles` cycles on that mask."""
-    source = coupling.resolve_source(cfg, root)
+    source = coupling.finished_source(cfg)
     mask = coupling.source_mask(source, cfg.method.source_level)
 
     def couple(trainer: Trainer, cfg: Config, stage: int) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from lotterylab import locks, masks, models, paths, results, runs, step, train
+from lotterylab import coupling, locks, masks, models, paths, results, runs, step, train
 from lotterylab.config import Config
 from lotterylab.train import DivergenceError, Trainer, resolve_device
 
@@ -199,6 +199,7 @@ def run_many(cfgs: Sequence[Config], out: str | Path, max_pack: int | None = Non
     """Train every config (finished runs are reused), packing pending runs that share a `pack_key` in groups of at
     most `max_pack` (None: `default_max_pack`, by device); returns the run directories in the order given."""
     out = Path(out)
+    cfgs = [coupling.plan(cfg, out) for cfg in cfgs]  # sources train first, never inside a pack's build
     run_dirs = [paths.run_dir(out, cfg.run_hash()) for cfg in cfgs]
     groups: dict[str | None, dict[str, Config]] = defaultdict(dict)
     for cfg, run_dir in zip(cfgs, run_dirs):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lotterylab import checkpoint, data, distributed, flops, identity, locks, masks, models, paths, results
+from lotterylab import checkpoint, coupling, data, distributed, flops, identity, locks, masks, models, paths, results
 from lotterylab.config import Config
 from lotterylab.methods import METHODS
 from lotterylab.train import Callback, EpochMetrics, Trainer, resolve_device
@@ -104,6 +104,7 @@ def run(cfg: Config, out: str | Path, callbacks: Sequence[Callback] = ()) -> Pat
     Under torchrun every rank trains (DDP); rank 0 alone holds the lock and writes, and decides for all whether to.
     """
     distributed.init(resolve_device(cfg.train.device))
+    cfg = coupling.plan(cfg, Path(out))  # a coupled run's YAML source trains first, before this run is built
     run_dir = paths.run_dir(Path(out), cfg.run_hash())
     if distributed.broadcast_object(results.is_complete(run_dir)):
         return run_dir

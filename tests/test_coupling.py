@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from lotterylab import checkpoint, config, paths, results, runs
+from lotterylab import checkpoint, config, coupling, paths, results, runs
 from lotterylab.config import ConfigError
 from test_runs import tiny
 
@@ -82,3 +82,18 @@ def test_source_errors_name_the_field(tmp_path, source):
         runs.run(coupled(source, source_level=7), tmp_path)
     with pytest.raises(ConfigError, match="stage 0 of .* trained dense"):
         runs.run(coupled(source, source_level=0), tmp_path)
+
+
+def test_building_a_coupled_run_never_trains_its_source(tmp_path):
+    """Sources are resolved when a run is planned (runs.run, run_many), not while it is built: a pack holding locks
+    never trains a whole other run inside a RunDriver."""
+    source_file = tmp_path / "source.yaml"
+    source_file.write_text(lrr().to_yaml())
+    cfg = coupled(source_file)
+    with pytest.raises(ConfigError, match="is a config, not a run: plan the coupled run first"):
+        runs.RunDriver(cfg, tmp_path / "runs", paths.run_dir(tmp_path / "runs", cfg.run_hash()))
+    assert not paths.run_dir(tmp_path / "runs", lrr().run_hash()).exists()
+    planned = coupling.plan(cfg, tmp_path / "runs")
+    assert results.is_complete(paths.run_dir(tmp_path / "runs", lrr().run_hash()))
+    assert planned.method.source == str(paths.run_dir(tmp_path / "runs", lrr().run_hash()))
+    assert planned.run_hash() == cfg.run_hash()
