@@ -19,21 +19,17 @@ import pytest
 import torch
 
 from crash_worker import Faults
-from lotterylab import cli, config, paths, results
+from lotterylab import cli, paths, results
+from test_runs import tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(stale lock|rebuilt|retraining|rewritten):UserWarning")
 
 WORKER = Path(__file__).with_name("crash_worker.py")
-BASE = {
-    "seed": 0,
-    "data": {"name": "mnist1d", "batch_size": 64, "train_size": 256, "test_size": 128},
-    "model": {"name": "mlp", "width": 16, "depth": 1},
-    "optimizer": {"lr": 0.05},
-    "schedule": {"epochs": 2, "warmup_epochs": 0.5},
-    "train": {"progress": False},
-}
+EPOCHS = 2
+SMALL = {"data": {"batch_size": 64, "train_size": 256, "test_size": 128}, "model": {"width": 16},
+         "schedule": {"epochs": EPOCHS, "warmup_epochs": 0.5}}  # on test_runs.tiny's MNIST-1D MLP
 CASES = {  # 3 stages each: LRR's dense level and two pruned levels; SCULPT's one cycle and its two targets
-    "lrr": {"method": {"name": "lrr", "prune_fraction": 0.2}, "mask": {"sparsity": 0.36}},
+    "lrr": {"method": {"name": "lrr", "cycles": 1, "prune_fraction": 0.2}, "mask": {"sparsity": 0.36}},
     "sculpt": {"method": {"name": "sculpt", "cycles": 1, "targets": [0.8, 0.9], "prune_criterion": "magnitude"},
                "mask": {"sparsity": 0.5, "criterion": "random"}},
 }
@@ -65,7 +61,7 @@ def _assert_same_as_reference(case: Case, run: Path, what: str) -> None:
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request, tmp_path_factory) -> Case:
     root = tmp_path_factory.mktemp(f"crash-{request.param}")
-    cfg = config.from_dict({**BASE, **CASES[request.param]})
+    cfg = tiny(**SMALL, **CASES[request.param])
     config_file = root / "config.yaml"
     config_file.write_text(cfg.to_yaml())
     with Faults() as counted:
@@ -81,7 +77,7 @@ def test_every_kind_of_durable_write_is_a_write_point(case):
     assert stages == 3
     assert names[:3] == ["lock", "config.yaml", "init.pt"] and names[-2:] == ["results.nc", "done.json"]
     assert [name for name in names if name.endswith("-end.pt")] == [f"stage{s:03d}-end.pt" for s in range(stages)]
-    assert sum("-epoch" in name for name in names) == stages * BASE["schedule"]["epochs"]
+    assert sum("-epoch" in name for name in names) == stages * EPOCHS
     assert len(names) == len(set(names))  # each write point is one file written once
 
 
