@@ -215,7 +215,7 @@ def test_no_valid_checkpoint_stops_and_deletes_nothing(tmp_path):
 
 def test_divergence_names_stage_epoch_and_step(tmp_path):
     cfg = tiny(optimizer={"lr": 1e3}, schedule={"warmup_epochs": 0.0})  # the largest LR a config accepts
-    with pytest.raises(DivergenceError, match=r"stage 0, epoch 0, step \d+"):
+    with pytest.raises(DivergenceError, match=r"loss is not finite at stage 0, epoch \d+, step \d+"):
         runs.run(cfg, tmp_path)
     assert not results.is_complete(paths.run_dir(tmp_path, cfg.run_hash()))
 
