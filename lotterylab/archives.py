@@ -126,14 +126,20 @@ def _cifar(cfg: DataConfig, base_name: str) -> Data:
     root = Path(cfg.root) if cfg.root else default_root() / "cifar"
     folder = root / cifar.base_folder
     missing = [name for name, _ in cifar.files() if not (folder / name).is_file()]
+    lacks = f"data.root: {folder} lacks {', '.join(missing)}"
     if missing and not cfg.download:
-        raise ConfigError(f"data.root: {folder} lacks {missing[0]} (data.download: true fetches CIFAR)")
+        raise ConfigError(f"{lacks}; data.download: true fetches them (needs network)")
     splits = []
     for train in (True, False):
         try:
             dataset = cifar(str(root), train, cfg.download, cfg.verify)
         except ConfigError:
             raise
+        except OSError as error:  # urllib's URLError and socket errors are OSErrors
+            if not missing:
+                raise
+            fetch = f"data.download needs network and could not fetch them ({_one_line(error)})"
+            raise ConfigError(f"{lacks}; {fetch}") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
             raise _corrupt_cifar(folder, [name for name, _ in cifar.files()], error) from None
         x = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)

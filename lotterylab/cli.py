@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 EXECUTOR_HELP = "local, slurm, or a YAML file with an executor section (e.g. params/executors/slurm.yaml): use it"
@@ -37,18 +38,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from lotterylab import sweeps
-    from lotterylab.checkpoint import CheckpointError
+def _failures() -> tuple[type[Exception], ...]:
+    """What a command ends on with one line naming the field or file: ConfigError, StudyError, AnalysisError and
+    MaskError are ValueErrors; WriteError is a durable write that failed (a full disk)."""
+    from lotterylab.checkpoint import CheckpointError, WriteError
     from lotterylab.executors import JobFailed
-    from lotterylab.masks import MaskError
     from lotterylab.train import DivergenceError
 
+    return ValueError, CheckpointError, WriteError, DivergenceError, JobFailed
+
+
+def _interrupted(where: str) -> int:
+    print(f"lotterylab: interrupted {where}; rerun the same command to resume", file=sys.stderr)
+    return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lotterylab import config, distributed, runs
+
+    cfg = config.load(args.config, args.overrides)
     try:
-        run_dirs = sweeps.run(args.params, args.runs, args.executor)
-    except (ValueError, MaskError, CheckpointError, DivergenceError, JobFailed) as error:  # ConfigError: ValueError
-        print(f"lotterylab: error: {error}", file=sys.stderr)
-        return 2
+        run_dir = runs.run(cfg, args.out)
+    except KeyboardInterrupt:
+        from lotterylab import executors, paths
+
+        if not distributed.is_main():  # under torchrun, one line for the whole run
+            return 130
+        at = executors.start_position(paths.run_dir(Path(args.out), cfg.run_hash())) or {"stage": 0, "epoch": 0}
+        return _interrupted(f"at stage {at['stage']}, epoch {at['epoch']}")
+    if distributed.is_main():
+        print(run_dir)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from lotterylab import grids, sweeps
+
+    sweep = sweeps.load(args.params, args.executor)
+    try:
+        run_dirs = grids.run_all(sweep.points, args.runs, sweep.executor)
+    except KeyboardInterrupt:
+        return _interrupted(f"with {grids.status(sweep.points, args.runs)}")
     print("\n".join(str(run_dir) for run_dir in run_dirs))
     return 0
 
@@ -62,50 +92,32 @@ def _study(args: argparse.Namespace) -> int:
         return 0
     try:
         report = studies.run_study(args.name, args.params, args.scale, args.reports, args.runs, args.executor)
-    except ValueError as error:  # StudyError and ConfigError are ValueErrors; a failed cell becomes a StudyError
-        print(f"lotterylab: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return _interrupted(f"during study {args.name}")
     print(report)
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
     from lotterylab import analyze
-    from lotterylab.checkpoint import CheckpointError
 
-    try:
-        path = analyze.main(args)
-    except (ValueError, CheckpointError) as error:  # AnalysisError and ConfigError are ValueErrors
-        print(f"lotterylab: error: {error}", file=sys.stderr)
-        return 2
-    print(path)
+    print(analyze.main(args))
     return 0
+
+
+COMMANDS = {"run": _run, "sweep": _sweep, "study": _study, "studies": _study, "analyze": _analyze}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "analyze":
-        return _analyze(args)
-    if args.command in ("study", "studies"):
-        return _study(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    from lotterylab import config, distributed
-    from lotterylab.checkpoint import CheckpointError
-    from lotterylab.masks import MaskError
-    from lotterylab.train import DivergenceError
-
     try:
-        cfg = config.load(args.config, args.overrides)
-        from lotterylab import runs
-
-        run_dir = runs.run(cfg, args.out)
-    except (ValueError, MaskError, CheckpointError, DivergenceError) as error:  # ConfigError is a ValueError
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # one the command could not place: in analyze, or before a run or sweep started
+        print("lotterylab: interrupted", file=sys.stderr)
+        return 130
+    except _failures() as error:  # evaluated only once something is raised: `studies` stays fast
         print(f"lotterylab: error: {error}", file=sys.stderr)
         return 2
-    if distributed.is_main():  # under torchrun, one line for the whole run
-        print(run_dir)
-    return 0
 
 
 if __name__ == "__main__":

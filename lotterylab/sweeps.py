@@ -54,9 +54,3 @@ def load(path: str | Path, executor: str | None = None) -> Sweep:
     if executor:
         return Sweep(points, executors.from_params(executors.section(executor), executor))
     return Sweep(points, executors.from_params(raw.get("executor"), f"{path}: executor"))
-
-
-def run(path: str | Path, runs_root: str | Path, executor: str | None = None) -> list[Path]:
-    """Load the sweep and hand every point to its executor; the run directories, in the order of the points."""
-    sweep = load(path, executor)
-    return grids.run_all(sweep.points, runs_root, sweep.executor)
