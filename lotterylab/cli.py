@@ -1,5 +1,5 @@
 """Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]`, `sweep`, `analyze`, `study`,
-`studies`."""
+`studies`, `status`, `--version`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ EXECUTOR_HELP = "local, slurm, or a YAML file with an executor section (e.g. par
 
 
 def _parser() -> argparse.ArgumentParser:
+    from lotterylab import __version__
+
     parser = argparse.ArgumentParser(prog="lotterylab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lotterylab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train one run (idempotent; resumes an interrupted run)")
     run.add_argument("config", help="YAML config file, e.g. params/runs/cyclic.yaml")
@@ -30,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
     study.add_argument("--executor", metavar="NAME|FILE", help=EXECUTOR_HELP + " instead of the params' executor")
     commands.add_parser("studies", help="list the studies, one line each")
+    status = commands.add_parser("status", help="a study's planned runs: finished, running (lock held) or pending")
+    status.add_argument("name", help="study name; `lotterylab studies` lists them")
+    status.add_argument("--params", help="params YAML file the study ran with (default: params/NAME/<scale>.yaml)")
+    status.add_argument("--scale", help="smoke, cpu, gpu or paper (default: cpu)")
+    status.add_argument("--reports", default="reports", help="root of report directories (default: reports)")
+    status.add_argument("--runs", help="root of run directories (default: the one the study ran with)")
     sweep = commands.add_parser("sweep", help="a base config x grid axes, run by the executor the file names "
                                               "(local, or slurm through submitit)")
     sweep.add_argument("params", help="sweep YAML with sections base, axes and executor (see docs/scaling.md)")
@@ -88,13 +97,20 @@ def _study(args: argparse.Namespace) -> int:
 
     if args.command == "studies":
         for study in studies.STUDIES.values():
-            print(f"{study.name:<18} {study.description}")
+            print(f"{study.name:<18} {study.summary}")
         return 0
     try:
         report = studies.run_study(args.name, args.params, args.scale, args.reports, args.runs, args.executor)
     except KeyboardInterrupt:
         return _interrupted(f"during study {args.name}")
     print(report)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from lotterylab import studies
+
+    print(studies.status(args.name, args.params, args.scale, args.reports, args.runs))
     return 0
 
 
@@ -105,7 +121,7 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "study": _study, "studies": _study, "analyze": _analyze}
+COMMANDS = {"run": _run, "sweep": _sweep, "study": _study, "studies": _study, "status": _status, "analyze": _analyze}
 
 
 def main(argv: list[str] | None = None) -> int:

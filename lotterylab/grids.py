@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lotterylab import __version__, config, executors, paths, results
+from lotterylab import __version__, config, executors, paths, plans, results
 from lotterylab.config import Config
 
 Axis = dict[Any, dict[str, Any]]  # coordinate value -> overrides, as dotted config paths ("mask.sparsity": 0.9)
@@ -69,9 +69,12 @@ def grid(base: dict[str, Any], axes: dict[str, Axis], source: str = "study") -> 
 
 
 def run_all(points: Sequence[Point], runs_root: str | Path,
-            executor: executors.Executor | dict[str, Any] | None = None) -> list[Path]:
+            executor: executors.Executor | dict[str, Any] | None = None, plan: str | Path | None = None) -> list[Path]:
     """Train every point through `executor` (an executor, a params section such as `{name: slurm, ...}`, or None
-    for `local`): finished runs are reused, interrupted ones resume; print one summary line."""
+    for `local`): finished runs are reused, interrupted ones resume; print one summary line. `plan`, a study's report
+    directory, records the points in its plan.json before any trains, for `lotterylab status` (`plans`)."""
+    if plan is not None:
+        plans.record(points, runs_root, plan)
     start = time.time()
     reused = sum(results.is_complete(run_dir(point, runs_root)) for point in points)
     run_dirs = executors.resolve(executor)([point.config for point in points], runs_root)

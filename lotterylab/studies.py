@@ -1,18 +1,29 @@
-"""Study registry, validation of a study's parameters, and `run_study`: papermill execution plus the HTML report."""
+"""Studies found from notebook metadata, their params files (merged over a shared base per scale), and `run_study`:
+papermill execution plus the HTML report."""
 
 from __future__ import annotations
 
 import ast
+import copy
 import json
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lotterylab.config import read_yaml
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: notebooks/ and params/ live beside the package
+SOURCE_TREE = Path(__file__).resolve().parent.parent
+# A checkout keeps notebooks/ and params/ beside the package; a wheel carries a copy inside it (setup.py's build_py).
+ROOT = SOURCE_TREE if (SOURCE_TREE / "pyproject.toml").is_file() and (SOURCE_TREE / "notebooks").is_dir() \
+    else Path(__file__).resolve().parent / "study_files"
+STUDY_PATH = "LOTTERYLAB_STUDIES"  # more folders of studies (each with notebooks/ and params/), os.pathsep-separated
 SCALES = ("smoke", "cpu", "gpu", "paper")
 INJECTED = ("output_dir", "runs_root")  # set by run_study, never by a params file
+EXTENDS = "extends"  # a params file's key naming the file it is merged over, e.g. `extends: base/gpu.yaml`
+NOT_STUDIES = ("base", "runs", "executors")  # folders of params/ that hold no study's params
+METADATA_KEYS = ("description", "figure")  # of a notebook's metadata.lotterylab
 
 
 class StudyError(ValueError):
@@ -21,49 +32,82 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class Study:
-    """A registered study: its notebook and what it shows, in one line."""
+    """A study: a notebook whose metadata says what it shows, and params/<name>/<scale>.yaml beside it."""
 
     name: str
     description: str
+    figure: str  # the seed paper's figures and tables it reproduces; empty for a study of one's own
+    root: Path  # holds notebooks/<name>.ipynb and params/<name>/
 
     @property
     def notebook(self) -> Path:
-        return ROOT / "notebooks" / f"{self.name}.ipynb"
+        return self.root / "notebooks" / f"{self.name}.ipynb"
 
     def params_file(self, scale: str) -> Path:
-        return ROOT / "params" / self.name / f"{scale}.yaml"
+        return self.root / "params" / self.name / f"{scale}.yaml"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.description} ({self.figure})" if self.figure else self.description
 
 
-STUDIES: dict[str, Study] = {
-    study.name: study
-    for study in (
-        Study("cyclic_training", "dense and random-sparse, 1 vs N cycles; LRR and WR per level; cyclic vs one-cycle vs "
-                                 "cosine at one budget (Fig. 2)"),
-        Study("label_noise", "15% label noise: random-sparse cyclic training against dense (Fig. 9b)"),
-        Study("sculpt", "SCULPT-ing from random masks at several start sparsities against LRR and cyclic random PaI "
-                        "across targets, with epochs and FLOPs per target (Fig. 7, 8b-c, Table 2)"),
-        Study("pruning_criteria", "SCULPT-ing's one-shot step with magnitude, random, SNIP and SynFlow scores across "
-                                  "targets (Fig. 9a)"),
-        Study("pai_cyclic", "random, SNIP, SynFlow and GraSP masks across sparsities, standard vs cyclic, with the "
-                            "dense cyclic gain shaded (Fig. 4)"),
-        Study("coupling", "LRR, WR and IMP against their masks retrained cyclically with random or warmup init, and "
-                          "a random mask, across sparsities (Fig. 5)"),
-        Study("layerwise_ratios", "random masks with ERK, balanced and uniform layerwise ratios across sparsities, "
-                                  "standard and cyclic (Fig. 13)"),
-        Study("sign_sufficiency", "LRR mask with warmup signs and random magnitudes: cyclic vs one-cycle, 20% of signs "
-                                  "flipped; sign overlap with LRR (Fig. 8a, 10)"),
-        Study("lmc_barriers", "loss along the line between consecutive cycles: random mask cyclic vs one-cycle, LRR "
-                              "mask with warmup vs random init (Fig. 3a-b, 6)"),
-        Study("sharpness", "top Hessian eigenvalue after each cycle: dense vs sparse, cyclic vs one-cycle (Fig. 3c)"),
-    )
-}
+def roots() -> list[Path]:
+    """lotterylab's own studies, then each folder named by LOTTERYLAB_STUDIES."""
+    extra = [Path(folder) for folder in os.environ.get(STUDY_PATH, "").split(os.pathsep) if folder]
+    for folder in extra:
+        if not (folder / "notebooks").is_dir():
+            raise StudyError(f"{STUDY_PATH}: {folder} has no notebooks/ folder")
+    return [ROOT, *extra]
+
+
+def _study(notebook: Path, root: Path) -> Study:
+    """The study a notebook declares in `metadata.lotterylab`; a notebook in notebooks/ without it is an error."""
+    try:
+        metadata = json.loads(notebook.read_text()).get("metadata", {}).get("lotterylab")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise StudyError(f"{notebook}: not a readable notebook ({type(error).__name__})") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("description"), str) \
+            or not metadata["description"].strip():
+        raise StudyError(f"{notebook}: no metadata.lotterylab.description; every notebook in notebooks/ is a study "
+                         f"(README, Studies)")
+    unknown = sorted(set(metadata) - set(METADATA_KEYS))
+    if unknown:
+        raise StudyError(f"{notebook}: metadata.lotterylab: unknown key {unknown[0]!r}; valid: "
+                         f"{', '.join(METADATA_KEYS)}")
+    if not isinstance(metadata.get("figure", ""), str):
+        raise StudyError(f"{notebook}: metadata.lotterylab.figure: expected text such as 'Fig. 2'")
+    name = notebook.stem
+    if not name.isidentifier() or name in NOT_STUDIES:
+        why = "names a params folder that is not a study" if name in NOT_STUDIES else "is not a plain identifier"
+        raise StudyError(f"{notebook}: {name!r} {why}; rename the notebook")
+    return Study(name, metadata["description"], metadata.get("figure", ""), root)
+
+
+def discover(folders: Iterable[Path] | None = None) -> dict[str, Study]:
+    """Every study in `folders` (default: `roots()`), by name; a name found twice is an error naming both."""
+    found: dict[str, Study] = {}
+    for root in roots() if folders is None else folders:
+        for notebook in sorted((Path(root) / "notebooks").glob("*.ipynb")):
+            study = _study(notebook, Path(root))
+            if study.name in found:
+                raise StudyError(f"{notebook}: study {study.name!r} is also {found[study.name].notebook}")
+            found[study.name] = study
+    return found
+
+
+def __getattr__(name: str) -> Any:
+    """`STUDIES`: the studies discovered now, so that folders named in LOTTERYLAB_STUDIES after import count."""
+    if name == "STUDIES":
+        return discover()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name: str) -> Study:
-    """The registered study called `name`."""
-    if name not in STUDIES:
-        raise StudyError(f"unknown study {name!r}; valid: {', '.join(sorted(STUDIES))}")
-    return STUDIES[name]
+    """The study called `name`."""
+    found = discover()
+    if name not in found:
+        raise StudyError(f"unknown study {name!r}; valid: {', '.join(sorted(found))}")
+    return found[name]
 
 
 def report_dir(reports_root: str | Path, study: str, label: str) -> Path:
@@ -116,9 +160,8 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
     return defaults
 
 
-def load_params(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
-    """A params YAML file checked against the notebook's defaults: known names and plain literal values only."""
-    path = Path(path)
+def _read_params(path: Path, defaults: dict[str, Any]) -> dict[str, Any]:
+    """One params file as written, checked against the notebook's defaults: known names, plain literals only."""
     raw = read_yaml(path, "params", StudyError)
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -128,11 +171,54 @@ def load_params(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
             raise StudyError(f"{path}: parameter name {name!r} is not a plain identifier")
         if name in INJECTED:
             raise StudyError(f"{path}: {name} is set by `lotterylab study`, not by a params file")
+        if name == EXTENDS:
+            if not isinstance(value, str) or not value:
+                raise StudyError(f"{path}: {EXTENDS}: expected a path such as base/gpu.yaml, got "
+                                 f"{type(value).__name__}")
+            continue
         if name not in defaults:
             raise StudyError(f"{path}: unknown parameter {name!r}; valid: {', '.join(sorted(defaults))}")
         if not _is_plain(value):
             raise StudyError(f"{path}: parameter {name}: {type(value).__name__} is not a plain literal")
     return raw
+
+
+def _merged(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `under`: a mapping in both merges key by key, anything else in `over` replaces."""
+    merged = copy.deepcopy(under)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both else copy.deepcopy(value)
+    return merged
+
+
+def load_params(path: str | Path, defaults: dict[str, Any], params_roots: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """A params YAML file checked against the notebook's defaults: known names and plain literal values only.
+    `extends: base/gpu.yaml` merges the file over another (`_merged`), itself checked the same way and free to extend
+    a third; a relative path is looked up under `params_roots`, then under lotterylab's own params/."""
+    folders = [Path(folder) for folder in (*params_roots, ROOT / "params")]
+    chain: list[Path] = []
+    layers = []
+    path = Path(path)
+    while True:
+        chain.append(path.resolve())
+        raw = _read_params(path, defaults)
+        layers.append(raw)
+        if EXTENDS not in raw:
+            break
+        named = Path(raw.pop(EXTENDS))
+        found = next((where for where in ([named] if named.is_absolute() else [root / named for root in folders])
+                      if where.is_file()), None)
+        if found is None:
+            raise StudyError(f"{path}: {EXTENDS} '{named}': no such params file under "
+                             f"{', '.join(str(root) for root in dict.fromkeys(folders))}")
+        if found.resolve() in chain:
+            raise StudyError(f"{path}: {EXTENDS} '{named}' again: a cycle of params files")
+        path = found
+    effective: dict[str, Any] = {}
+    for layer in reversed(layers):
+        effective = _merged(effective, layer)
+    return effective
 
 
 def resolve_params(study: Study, params: str | Path | None, scale: str | None) -> Path:
@@ -151,17 +237,16 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
               reports_root: str | Path = "reports", runs_root: str | Path = "runs",
               executor: str | None = None) -> Path:
     """Validate, execute the study's notebook into reports/<name>/<label>/nb/, render report.html; return its path.
-    `executor` (a name or an executor YAML file) replaces the params' executor: where runs train, not what."""
+    `executor` (a name or an executor YAML file) replaces the params' executor: where runs train, not what.
+    The notebook records the runs it plans in the report directory's plan.json (`plans`), started afresh here."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from lotterylab import reports
+    from lotterylab import executors, plans, reports
 
     study = get(name)
     params_file = resolve_params(study, params, scale)
-    values = load_params(params_file, notebook_parameters(study.notebook))
-    from lotterylab import executors
-
+    values = load_params(params_file, notebook_parameters(study.notebook), [study.root / "params"])
     if executor is not None:
         values["executor"] = executors.section(executor)
     elif values.get("executor") is not None:  # a bad executor section fails here, not after the notebook has started
@@ -169,11 +254,30 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     out = report_dir(reports_root, name, params_file.stem).resolve()
     executed = executed_notebook(out, name)
     executed.parent.mkdir(parents=True, exist_ok=True)
+    plans.plan_file(out).unlink(missing_ok=True)
     injected = {"output_dir": str(out), "runs_root": str(Path(runs_root).resolve())}
     try:
-        papermill.execute_notebook(study.notebook, executed, parameters={**values, **injected}, cwd=str(ROOT),
+        papermill.execute_notebook(study.notebook, executed, parameters={**values, **injected}, cwd=str(study.root),
                                    progress_bar=False, log_output=False)
     except PapermillExecutionError as error:
         message = str(error.evalue).splitlines()[0] if error.evalue else ""
         raise StudyError(f"{name} ({params_file}): {error.ename}: {message} (see {executed})") from None
+    plans.finish(out)
     return reports.render(executed, report_html(out), title=f"{name} · {params_file.stem}")
+
+
+def status(name: str, params: str | Path | None = None, scale: str | None = None,
+           reports_root: str | Path = "reports", runs_root: str | Path | None = None) -> str:
+    """`lotterylab status`: the runs the study's last execution planned (plan.json in its report directory) as
+    finished, running or pending, one line each; `runs_root` replaces the one the plan recorded."""
+    from lotterylab import plans
+
+    study = get(name)
+    params_file = resolve_params(study, params, scale)
+    out = report_dir(reports_root, name, params_file.stem)
+    plan = plans.read(out)
+    if plan is None:
+        how = f"--params {params_file}" if params is not None else f"--scale {params_file.stem}"
+        raise StudyError(f"{plans.plan_file(out)}: no plan yet; `lotterylab study {name} {how}` records one as its "
+                         f"notebook plans runs (grids.run_all(..., plan=output_dir))")
+    return plans.summary(f"{name} · {params_file.stem}", plan, runs_root)

@@ -7,7 +7,7 @@ import pytest
 
 from lotterylab import reports, results, studies
 
-EXPECTED_DIMS = {
+EXPECTED_DIMS = {  # a discovered study missing here is still run and checked, with its dims and figures unpinned
     "cyclic_training": {"method", "schedule", "seed", "cycle", "epoch", "layer"},
     "layerwise_ratios": {"allocation", "sparsity", "seed", "cycle", "epoch", "layer"},
     "label_noise": {"sparsity", "seed", "cycle", "epoch", "layer"},
@@ -44,12 +44,12 @@ def roots(tmp_path_factory):
         os.environ["OMP_NUM_THREADS"] = previous
 
 
-def test_every_registered_study_is_tested():
-    assert set(EXPECTED_DIMS) == set(studies.STUDIES)
+def test_every_pinned_expectation_names_a_discovered_study():
+    assert set(EXPECTED_DIMS) | set(FIGURES) | set(ANALYSES) <= set(studies.STUDIES)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXPECTED_DIMS))
+@pytest.mark.parametrize("name", sorted(studies.STUDIES))
 def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
     import xarray as xr
 
@@ -59,7 +59,8 @@ def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
     assert html == out / "report.html" and (out / "nb" / f"{name}.ipynb").is_file()
 
     with xr.open_dataset(out / "results.nc", engine="h5netcdf") as dataset:
-        assert set(dataset.dims) == EXPECTED_DIMS[name]
+        assert set(dataset.dims) == EXPECTED_DIMS.get(name, set(dataset.dims))
+        assert {"cycle", "epoch"} <= set(dataset.dims)
         for variable in (*results.METRICS, "layer_density", "epochs_per_cycle"):
             assert variable in dataset, variable
         assert bool(dataset.test_acc.notnull().any())
@@ -74,9 +75,10 @@ def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
     assert not re.search(r"<script[^>]*\bsrc\s*=", rest), "every script must be inline"
     assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']?(https?:)?//", rest), "no remote stylesheets"
     assert "cdn." not in rest and "require.js" not in rest and "panel.min.js" not in text
-    assert rest.count("Bokeh.safely") == FIGURES[name]
+    figures = FIGURES.get(name, rest.count("Bokeh.safely"))
+    assert rest.count("Bokeh.safely") == figures >= 1
     assert "from lotterylab import" not in text  # code cells are hidden
-    assert rest.count("git ") >= FIGURES[name]  # every figure has a caption with the revision
+    assert rest.count("git ") >= figures  # every figure has a caption with the revision
     assert len(text) < 2_500_000
 
 
