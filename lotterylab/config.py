@@ -8,50 +8,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lotterylab import hashing
-
-
-class ConfigError(ValueError):
-    """A config that cannot be run; the message is one line and names the field or file."""
-
-
-def _unhashed(description: str) -> dict[str, Any]:
-    """Field kwargs for a setting that changes how a run executes, never what it computes."""
-    return {"description": description, "json_schema_extra": {"hashed": False}}
-
-
-INT64 = 2**63
-"""Integer fields lie in [-INT64, INT64): torch and numpy fail on larger seeds and sizes deep inside, in a traceback."""
-
-
-class Section(BaseModel):
-    """Base for config sections: unknown keys, wrong types, non-finite floats and integers beyond int64 are errors;
-    values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-
-    @field_validator("*")
-    @classmethod
-    def _fits_int64(cls, value: Any) -> Any:
-        for number in value if isinstance(value, list) else [value]:
-            if type(number) is int and not -INT64 <= number < INT64:  # type(): a bool is an int too
-                raise ValueError("out of range: must fit int64, in [-2**63, 2**63)")
-        return value
-
-
-def _check_registered(kind: str, name: str, valid: list[str]) -> str:
-    if name not in valid:
-        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
-    return name
+from lotterylab import hashing, method_options
+from lotterylab.sections import INT64, ConfigError, Section, check_registered, unhashed  # noqa: F401 (re-exported)
 
 
 class DataConfig(Section):
     name: str = Field("mnist1d", description="dataset registry name")
-    root: str | None = Field(None, **_unhashed("dataset directory; None picks the dataset's default location"))
-    download: bool = Field(True, **_unhashed("download CIFAR if absent (torchvision)"))
-    verify: bool = Field(True, **_unhashed("check CIFAR file checksums against torchvision's published MD5s"))
+    root: str | None = Field(None, **unhashed("dataset directory; None picks the dataset's default location"))
+    download: bool = Field(True, **unhashed("download CIFAR if absent (torchvision)"))
+    verify: bool = Field(True, **unhashed("check CIFAR file checksums against torchvision's published MD5s"))
     batch_size: int = Field(128, gt=0, description="training batch size")
-    test_batch_size: int = Field(1000, gt=0, **_unhashed("evaluation batch size"))
+    test_batch_size: int = Field(1000, gt=0, **unhashed("evaluation batch size"))
     augment: bool = Field(True, description="random crop (pad 4) and horizontal flip; applies to images only")
     label_noise: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of training labels permuted among themselves")
     train_size: int | None = Field(None, gt=0, description="use a seeded random subset of this many training examples")
@@ -59,7 +26,7 @@ class DataConfig(Section):
     shape: list[int] = Field([3, 32, 32], description="synthetic only: per-example shape")
     num_classes: int = Field(10, gt=1, description="synthetic only: number of classes")
     image_size: int = Field(224, gt=0, description="imagenet only: crop size")
-    workers: int = Field(4, ge=0, **_unhashed("imagenet only: DataLoader worker processes"))
+    workers: int = Field(4, ge=0, **unhashed("imagenet only: DataLoader worker processes"))
     decode: Literal["device", "pil", "ffcv"] = Field(
         "device", description="imagenet only: JPEGs decoded and cropped on the training device (workers read bytes), "
         "decoded and cropped by PIL in the workers, or train.beton/val.beton read by ffcv"
@@ -70,7 +37,7 @@ class DataConfig(Section):
     def _known(cls, name: str) -> str:
         from lotterylab.data import DATASETS
 
-        return _check_registered("dataset", name, list(DATASETS))
+        return check_registered("dataset", name, list(DATASETS))
 
 
 class ModelConfig(Section):
@@ -89,7 +56,7 @@ class ModelConfig(Section):
     def _known(cls, name: str) -> str:
         from lotterylab.models import MODELS
 
-        return _check_registered("model", name, list(MODELS))
+        return check_registered("model", name, list(MODELS))
 
 
 class OptimizerConfig(Section):
@@ -113,7 +80,7 @@ class ScheduleConfig(Section):
     def _known(cls, name: str) -> str:
         from lotterylab.schedules import SCHEDULES
 
-        return _check_registered("schedule", name, list(SCHEDULES))
+        return check_registered("schedule", name, list(SCHEDULES))
 
     @field_validator("milestones")
     @classmethod
@@ -143,14 +110,14 @@ class MaskConfig(Section):
     def _known_criterion(cls, name: str) -> str:
         from lotterylab.criteria import CRITERIA
 
-        return _check_registered("criterion", name, list(CRITERIA))
+        return check_registered("criterion", name, list(CRITERIA))
 
     @field_validator("allocation")
     @classmethod
     def _known_allocation(cls, name: str) -> str:
         from lotterylab.masks import ALLOCATIONS
 
-        return _check_registered("allocation", name, [*ALLOCATIONS, "auto"])
+        return check_registered("allocation", name, [*ALLOCATIONS, "auto"])
 
     def resolved_allocation(self) -> str:
         """The allocation actually used: random masks get balanced layerwise ratios, scored masks a global threshold."""
@@ -159,50 +126,12 @@ class MaskConfig(Section):
         return "balanced" if self.criterion == "random" else "global"
 
 
-SCULPT_CRITERIA = ("magnitude", "random", "snip", "synflow")
-COUPLED_INITS = ("random", "warmup", "level", "signs", "perturbed_signs")
-
-
-class MethodConfig(Section):
-    name: str = Field("dense", description="method registry name: the pipeline of stages")
-    cycles: int = Field(1, gt=0, le=10_000, description="LR cycles trained on the fixed mask; 1 is standard training")
-    prune_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="imp, wr, lrr: share of remaining weights pruned per level"
-    )
-    rewind_epoch: int = Field(
-        0, ge=0, description="imp, wr, lrr: the dense weights after this many epochs are kept as the warmup point "
-        "(wr rewinds to it; coupled runs can start from it); 0 keeps the init"
-    )
-    targets: list[float] = Field([], description="sculpt: target sparsities, each retrained for one cycle")
-    prune_criterion: str = Field("magnitude", description="sculpt: one-shot criterion from the cycled weights")
-    source: str | None = Field(
-        None, description="coupled: run supplying the mask: a run directory, or a YAML config run first under --out",
-        json_schema_extra={"hashed_as": "run"},  # hashed as the source's run hash: a moved runs folder keeps it
-    )
-    source_level: int = Field(-1, ge=-1, description="coupled: stage of the source whose mask is used; -1 is the last")
-    init: Literal["random", "warmup", "level", "signs", "perturbed_signs"] = Field(
-        "random", description="coupled: fresh random init, the source's warmup point, its end weights at init_level, "
-        "warmup signs with fresh magnitudes, or warmup weights with flip_fraction of the signs flipped"
-    )
-    init_level: int = Field(0, ge=0, description="coupled init 'level': stage of the source whose end weights are used")
-    flip_fraction: float = Field(0.2, ge=0.0, le=1.0, description="coupled init 'perturbed_signs': share flipped")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from lotterylab.methods import METHODS
-
-        return _check_registered("method", name, list(METHODS))
-
-    @field_validator("prune_criterion")
-    @classmethod
-    def _one_shot(cls, name: str) -> str:
-        return _check_registered("one-shot criterion", name, list(SCULPT_CRITERIA))
+SCULPT_CRITERIA = method_options.SCULPT_CRITERIA
 
 
 class TrainConfig(Section):
-    eval_every: int = Field(1, gt=0, **_unhashed("evaluate train and test metrics every this many epochs"))
-    keep_checkpoints: int = Field(2, gt=0, **_unhashed("per-epoch checkpoints kept; stage-end ones are always kept"))
+    eval_every: int = Field(1, gt=0, **unhashed("evaluate train and test metrics every this many epochs"))
+    keep_checkpoints: int = Field(2, gt=0, **unhashed("per-epoch checkpoints kept; stage-end ones are always kept"))
     bf16: bool = Field(False, description="bf16 autocast with fp32 master weights")
     channels_last: bool = Field(False, description="channels_last memory format for image models")
     compile: bool = Field(False, description="torch.compile the model")
@@ -211,8 +140,8 @@ class TrainConfig(Section):
         False, description="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) "
         "rather than per rank; no effect in one process"
     )
-    device: str = Field("auto", **_unhashed("'auto', 'cpu' or 'cuda[:N]'"))
-    progress: bool = Field(True, **_unhashed("show a progress bar"))
+    device: str = Field("auto", **unhashed("'auto', 'cpu' or 'cuda[:N]'"))
+    progress: bool = Field(True, **unhashed("show a progress bar"))
 
 
 class Config(Section):
@@ -223,32 +152,17 @@ class Config(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     mask: MaskConfig = MaskConfig()
-    method: MethodConfig = MethodConfig()
+    method: method_options.AnyMethod = method_options.Dense()
     train: TrainConfig = TrainConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_named(cls, raw: Any) -> Any:
+        return method_options.prepare(raw)
 
     @model_validator(mode="after")
     def _method_fits(self) -> Config:
-        method = self.method
-        if method.name == "dense" and self.mask.sparsity > 0:
-            raise ValueError("mask.sparsity: method 'dense' trains no mask; use method 'pai' for a sparse run")
-        if method.name == "wr" and not 0 < method.rewind_epoch <= self.schedule.epochs:
-            raise ValueError("method.rewind_epoch: wr needs a rewind epoch in [1, schedule.epochs]")
-        if method.rewind_epoch > self.schedule.epochs:
-            raise ValueError("method.rewind_epoch: must not exceed schedule.epochs")
-        if method.name == "sculpt":
-            if not method.targets:
-                raise ValueError("method.targets: sculpt needs at least one target sparsity")
-            if any(not self.mask.sparsity < t < 1 for t in method.targets):
-                raise ValueError("method.targets: each target must lie between mask.sparsity (the start) and 1")
-        elif method.targets:
-            raise ValueError(f"method.targets: only sculpt prunes to targets, not {method.name!r}")
-        if method.name == "coupled":
-            if method.source is None:
-                raise ValueError("method.source: coupled needs the run (directory or YAML config) giving its mask")
-            if self.mask.sparsity > 0:
-                raise ValueError("mask.sparsity: coupled takes its mask, and so its sparsity, from method.source")
-        elif method.source is not None:
-            raise ValueError(f"method.source: only coupled takes a source run, not {method.name!r}")
+        self.method.check(self)  # each method checks its own options against the rest of the config
         return self
 
     def canonical(self) -> dict[str, Any]:
@@ -265,11 +179,13 @@ class Config(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True)
 
 
-def _error_line(error: ValidationError, source: str) -> str:
+def error_line(error: ValidationError, source: str) -> str:
+    """One line naming the source and the field of a validation error's first problem."""
     first = error.errors()[0]
     message = first["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in first["loc"])
-    if not where:  # a cross-field check names its own field at the start of the message
+    tags = {options.__name__ for options in method_options.OPTIONS.values()}  # the union's member, not a field
+    where = ".".join(str(part) for part in first["loc"] if part not in tags)
+    if not where or message.startswith((f"{where}.", f"{where}:")):  # a check that names its own field first
         where, _, message = message.partition(": ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
@@ -283,7 +199,7 @@ def from_dict(raw: Any, source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_error_line(error, source)) from None
+        raise ConfigError(error_line(error, source)) from None
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:

@@ -18,7 +18,7 @@ from lotterylab.data import Data
 Criterion = Callable[[nn.Module, dict[str, nn.Parameter], Data, torch.Generator], dict[str, Tensor]]
 """(model, prunable params, data for data-driven criteria, seeded CPU generator) -> scores per parameter name."""
 
-GRASP_TEMPERATURE = 200.0
+GRASP_TEMPERATURE = MaskConfig.model_fields["grasp_temperature"].default  # defined once, in the config
 """Logits are divided by this before the GraSP loss, as in the authors' code (`T=200`), to soften the softmax."""
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from lotterylab import checkpoint, locks, packing, paths, results, runs
-from lotterylab.config import Config, ConfigError, Section, _error_line, read_yaml
+from lotterylab.config import Config, ConfigError, Section, error_line, read_yaml
 
 Executor = Callable[[Sequence[Config], str | Path], list[Path]]
 
@@ -246,7 +246,7 @@ def from_params(section: dict[str, Any] | None, source: str = "executor") -> Exe
     try:
         params = params_type.model_validate(section)
     except ValidationError as error:
-        raise ConfigError(_error_line(error, source)) from None
+        raise ConfigError(error_line(error, source)) from None
     return build(params)
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 PINNED_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -43,14 +46,30 @@ def _extra(field: Any) -> dict[str, Any]:
     return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
 
 
-def hashed_paths(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
-    """Every hashed field of a config model, as `section.field` -> its current default."""
-    out: dict[str, Any] = {}
+def section_models(annotation: Any) -> list[type[BaseModel]]:
+    """The section models a field's annotation holds: itself, or each member of a union (the method section)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in section_models(arg)]
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """Every leaf field of a config model as (`section.field`, its FieldInfo); a field that several method models
+    share comes once per model."""
     for name, field in model.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            out.update(hashed_paths(field.annotation, f"{prefix}{name}."))
-        elif _extra(field).get("hashed", True):
-            out[f"{prefix}{name}"] = field.default
+        members = section_models(field.annotation)
+        if not members:
+            yield f"{prefix}{name}", field
+        for member in members:
+            yield from leaf_fields(member, f"{prefix}{name}.")
+
+
+def hashed_paths(model: type[BaseModel]) -> dict[str, Any]:
+    """Every hashed field of a config model, as `section.field` -> its current default (the first model's)."""
+    out: dict[str, Any] = {}
+    for path, field in leaf_fields(model):
+        if _extra(field).get("hashed", True):
+            out.setdefault(path, field.default)
     return out
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import papermill
 import pytest
 import yaml
-from pydantic import BaseModel
 
-from lotterylab import analyze, checkpoint, cli, config, paths, results, runs
+from lotterylab import analyze, checkpoint, cli, config, hashing, method_options, paths, results, runs
 from lotterylab.config import Config
 
 TINY = {
@@ -48,12 +47,13 @@ def write(path, raw) -> str:
     return str(path)
 
 
-def leaf_fields(section: type[BaseModel] = Config, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any]]:
-    for name, field in section.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            yield from leaf_fields(field.annotation, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", field.annotation
+def leaf_fields() -> typing.Iterator[tuple[str, typing.Any]]:
+    """Every leaf field of the config, each method's own fields included, with its annotation."""
+    seen = set()
+    for path, field in hashing.leaf_fields(Config):
+        if path not in seen:
+            seen.add(path)
+            yield path, field.annotation
 
 
 def fields_of(kind: type) -> list[tuple[str, bool]]:
@@ -68,6 +68,15 @@ def fields_of(kind: type) -> list[tuple[str, bool]]:
 
 FLOATS = fields_of(float)
 INTS = fields_of(int)
+OWNER = {f"method.{field}": name for name, options in reversed(method_options.OPTIONS.items())
+         for field in options.model_fields}
+"""The method a method field belongs to: the field is set on a run of that method."""
+
+
+def setting(field: str, text: str) -> list[str]:
+    """--set arguments that put `text` into `field`, on a method that has it."""
+    owner = ["--set", f"method.name={OWNER[field]}"] if field in OWNER else []
+    return [*owner, "--set", f"{field}={text}"]
 
 
 def test_every_numeric_field_is_covered():
@@ -82,15 +91,14 @@ def test_every_numeric_field_is_covered():
 def test_non_finite_floats_name_the_field(tmp_path, capsys, field, is_list, value):
     text = f"[{value}]" if is_list else value
     out = tmp_path / "runs"
-    fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(out), "--set", f"{field}={text}"],
-          "c.yaml", field)
+    fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(out), *setting(field, text)], "c.yaml", field)
     assert not out.exists()
 
 
 @pytest.mark.parametrize(("field", "is_list"), INTS, ids=[name for name, _ in INTS])
 def test_ints_beyond_int64_name_the_field(tmp_path, capsys, field, is_list):
     text = f"[{2**63}]" if is_list else str(2**63)
-    fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(tmp_path), "--set", f"{field}={text}"],
+    fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(tmp_path), *setting(field, text)],
           "c.yaml", field)
 
 
