@@ -1,9 +1,10 @@
 # Two entry points for a fresh machine: `make demo` (main job) and `make test` (whole test suite).
+# `make device-bundle` fills .device/ for benchmarks/gpu_check.sh on a GPU machine without a package index.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench device-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_epoch.py
+
+device-bundle: $(VENV)/.installed-core
+	$(BIN)/python benchmarks/device_bundle.py
 
 clean:
 	rm -rf $(VENV) runs
