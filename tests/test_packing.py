@@ -230,9 +230,9 @@ def test_the_study_runner_packs_through_the_local_executor(tmp_path, monkeypatch
     assert [len(chunk) for chunk in chunks] == [3] and all(results.is_complete(d) for d in run_dirs)
 
 
-IMAGES = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 4, "train_size": 16, "test_size": 8,
+CONTRACT_IMAGES = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 4, "train_size": 16, "test_size": 8,
           "batch_size": 8}
-SIGNALS = {"name": "mnist1d", "train_size": 16, "test_size": 8, "batch_size": 8}
+CONTRACT_SIGNALS = {"name": "mnist1d", "train_size": 16, "test_size": 8, "batch_size": 8}
 
 
 @pytest.mark.slow
@@ -243,7 +243,7 @@ def test_every_registered_model_packs_to_its_solo_run_in_float64(name):
     if name in models.UNPACKABLE:
         assert models.UNPACKABLE[name].strip()
         return
-    sections = {"data": SIGNALS if name in ("mlp", "cnn1d") else IMAGES, "model": {"name": name}}
+    sections = {"data": CONTRACT_SIGNALS if name in ("mlp", "cnn1d") else CONTRACT_IMAGES, "model": {"name": name}}
     packed = [as_float64(make_trainer(seed, **sections)) for seed in (0, 1)]
     solo = [as_float64(make_trainer(seed, **sections)) for seed in (0, 1)]
     assert not any(isinstance(m, torch.nn.Dropout) for m in packed[0].model.modules()), \
