@@ -143,17 +143,19 @@ class TensorSplit(Split):
             order = torch.arange(len(self), device=device)
         else:
             order = torch.randperm(len(self), generator=generator).to(device)
-        normalize = self.is_image and self.mean is not None
+        image = self.is_image
+        normalize = image and self.mean is not None
         if normalize:
             mean = self.mean.to(device).view(1, -1, 1, 1)
             std = self.std.to(device).view(1, -1, 1, 1)
         for start in range(0, len(self), batch_size):
             index = order[start : start + batch_size]
-            if augment and self.is_image:
+            if augment and image:
                 shifts, flips = augmentation_draws(len(index), generator)
-            index = index[rank::world]
+            if world > 1:
+                index = index[rank::world]
             x, y = self.x[index], self.y[index]
-            if self.is_image:
+            if image:
                 if augment:
                     x = crop_and_flip(x, shifts[:, rank::world], flips[rank::world])  # uint8: less memory traffic
                 x = x.float() / 255

@@ -33,9 +33,17 @@ def channels_last_input(cfg: Config) -> Callable[[Tensor], Tensor]:
     return lambda x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
+def _at_least_fp32(logits: Tensor) -> Tensor:
+    """bf16 logits (autocast) in fp32 for the loss; fp32 and fp64 ones as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def per_run_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of each run's batch, in fp32: logits (..., B, C), labels (..., B) -> (...)."""
-    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view(labels.shape).mean(-1)
+    """Mean cross-entropy of each run's batch, in at least fp32: logits (..., B, C), labels (..., B) -> (...)."""
+    logits = _at_least_fp32(logits)
+    if labels.dim() == 1:  # one run: the fused mean, one kernel (a small model's step is bound by host time)
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view(labels.shape).mean(-1)
 
 
 @dataclass
@@ -97,7 +105,7 @@ def evaluate(forward: Callable[[Tensor], Tensor], batches: Batches,
     correct: Tensor | int = 0
     for x, y in batches:
         with autocast():
-            logits = forward(x).float()
+            logits = _at_least_fp32(forward(x))
         losses = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
         loss_sum = loss_sum + losses.sum(-1, dtype=torch.float64)
         correct = correct + (logits.argmax(-1) == y).sum(-1)
