@@ -18,6 +18,7 @@ import yaml
 
 from lotterylab import analyze, checkpoint, cli, config, hashing, method_options, paths, results, runs
 from lotterylab.config import Config
+from test_runs import Crash  # raises KeyboardInterrupt at one step: Ctrl-C in process
 
 TINY = {
     "data": {"name": "mnist1d", "train_size": 256, "test_size": 64, "batch_size": 32},
@@ -183,20 +184,9 @@ def test_disk_full_during_a_checkpoint_names_the_file(tmp_path, capsys, monkeypa
     fails(capsys, ["sweep", sweep, "--runs", str(tmp_path / "runs")], "stage000-epoch0001.pt")
 
 
-class Interrupt:
-    """Callback standing in for Ctrl-C at one step."""
-
-    def __init__(self, stage: int, epoch: int, step: int):
-        self.at = (stage, epoch, step)
-
-    def on_step(self, trainer, stage, epoch, step):
-        if (stage, epoch, step) == self.at:
-            raise KeyboardInterrupt
-
-
 def test_interrupt_before_the_first_checkpoint_says_stage_0_epoch_0(tmp_path, capsys, monkeypatch):
     train = runs.run
-    monkeypatch.setattr(runs, "run", lambda cfg, out, callbacks=(): train(cfg, out, [*callbacks, Interrupt(0, 0, 0)]))
+    monkeypatch.setattr(runs, "run", lambda cfg, out, callbacks=(): train(cfg, out, [*callbacks, Crash(0, 0, 0)]))
     assert cli.main(["run", write(tmp_path / "c.yaml", TINY), "--out", str(tmp_path)]) == 130
     assert one_line(capsys.readouterr().err) == \
         "lotterylab: interrupted at stage 0, epoch 0; rerun the same command to resume"
@@ -206,7 +196,7 @@ def test_interrupted_sweep_counts_the_finished_runs(tmp_path, capsys, monkeypatc
     sweep = write(tmp_path / "sweep.yaml", {"base": TINY, "axes": {"seed": [0, 1]}})
     train = runs.run
     monkeypatch.setattr(runs, "run", lambda cfg, out, callbacks=(): train(
-        cfg, out, [*callbacks, Interrupt(0, 0, 0)] if cfg.seed == 1 else callbacks))
+        cfg, out, [*callbacks, Crash(0, 0, 0)] if cfg.seed == 1 else callbacks))
     assert cli.main(["sweep", sweep, "--runs", str(tmp_path / "runs")]) == 130
     assert one_line(capsys.readouterr().err) == \
         "lotterylab: interrupted with 1 of 2 runs finished, 1 pending; rerun the same command to resume"
