@@ -156,7 +156,10 @@ class HeldTrainRun(executors.TrainRun):
             save(run, trainer, progress, stage_done, keep)
             if stage_done and progress["stage"] == 0 and barrier.exists():
                 barrier.with_name(f"{barrier.name}.{run.name}").touch()
-                while barrier.exists():  # Slurm's signals reach submitit's handlers during this sleep
+                # Slurm's signals reach submitit's handlers during this sleep. The bound only keeps a job from
+                # holding for ever when the test process died without cancelling it; the test never waits on it.
+                give_up = time.monotonic() + 900
+                while barrier.exists() and time.monotonic() < give_up:
                     time.sleep(0.05)
 
         runs._save_epoch = save_then_hold  # in the job's own process only
