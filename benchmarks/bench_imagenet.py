@@ -18,6 +18,7 @@ memory of the measurement (`peak_gpu_mem_mib`, torch.cuda.max_memory_allocated; 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -107,7 +108,7 @@ def main() -> None:
     reset_peak(device)
     synthetic = data.load(config.from_dict(raw).data, 0, device)
     trainer = trainer_for(synthetic, raw, device)
-    base = report("synthetic", timed(lambda: trainer.train_epoch(0, 0), device), None)
+    base = report("synthetic", timed(functools.partial(trainer.train_epoch, 0, 0), device), None)
     del trainer, synthetic
     with tempfile.TemporaryDirectory() as scratch:
         write_jpegs(Path(scratch), images)
@@ -128,7 +129,7 @@ def main() -> None:
             report(f"loader only {name}", timed(load_only, device), base)
             reset_peak(device)
             trainer = trainer_for(folder, folder_raw, device)
-            report(f"folder {name}", timed(lambda: trainer.train_epoch(0, 0), device), base)
+            report(f"folder {name}", timed(functools.partial(trainer.train_epoch, 0, 0), device), base)
             del trainer
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lotterylab import hashing, method_options
 from lotterylab.sections import INT64, ConfigError, Section, check_registered, unhashed  # noqa: F401 (re-exported)

@@ -37,7 +37,8 @@ def check_hash(path: Path, recorded: str | None, run: Path) -> None:
     """An IdentityError unless the run hash recorded in `path` is `run`'s (files written before hashes were recorded
     carry none, and are judged by where they lie alone)."""
     if recorded is not None and recorded != run_hash(run):
-        raise IdentityError(f"{path}: belongs to run {recorded}, not to {run_hash(run)}; a run reads only its own files")
+        raise IdentityError(f"{path}: belongs to run {recorded}, not to {run_hash(run)}; "
+                            f"a run reads only its own files")
 
 
 def read_config(run: Path) -> Config:

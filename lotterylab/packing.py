@@ -106,8 +106,9 @@ class Pack:
             return [(math.nan, math.nan, cfg.optimizer.lr)] * len(stages)
         size, lr = len(data.train), rates[-1]
         loss_sum, correct, first_bad = (values.tolist() for values in tally.sums())  # one sync per epoch
+        outcomes = zip(stages, first_bad, loss_sum, correct)
         return [DivergenceError(f"loss is not finite at stage {stage}, epoch {epoch}, step {bad}") if bad < len(rates)
-                else (loss / size, right / size, lr) for stage, bad, loss, right in zip(stages, first_bad, loss_sum, correct)]
+                else (loss / size, right / size, lr) for stage, bad, loss, right in outcomes]
 
     def evaluate(self) -> list[tuple[float, float]]:
         """Mean test cross-entropy and accuracy of each run, in eval mode, over its own test split."""

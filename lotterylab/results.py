@@ -121,7 +121,8 @@ def write(run: Path, dataset) -> None:
     stages = dataset.sizes["stage"]
     for path in artifacts(run, stages):
         if not path.is_file():
-            raise checkpoint.CheckpointError(f"{path}: missing, so {run} cannot be marked complete; rerun to rebuild it")
+            raise checkpoint.CheckpointError(f"{path}: missing, so {run} cannot be marked complete; "
+                                             f"rerun to rebuild it")
     with checkpoint.atomic_path(paths.results(run)) as temp:
         dataset.to_netcdf(temp, engine="h5netcdf")
     marker = {"schema": MARKER_SCHEMA, "run_hash": identity.run_hash(run), "stages": stages,

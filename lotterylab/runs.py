@@ -149,7 +149,8 @@ class RunDriver:
         self.history: dict[str, list[float]] = {}
         self.layer_density: list[list[float]] = []
         keep = cfg.train.keep_checkpoints
-        point = distributed.broadcast_object(resume_point(run_dir, self.epochs, keep) if distributed.is_main() else None)
+        point = resume_point(run_dir, self.epochs, keep) if distributed.is_main() else None
+        point = distributed.broadcast_object(point)  # rank 0 repaired the run; every rank resumes from its choice
         state = checkpoint.load(point, run_dir) if point is not None else None
         if state is not None:
             if "init" in state["snapshots"]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lotterylab import cli, config, data, lmc, loading, models, paths, runs, sharpness, signs
+from lotterylab import cli, config, data, lmc, models, paths, runs, sharpness, signs
 from lotterylab.config import DataConfig, ModelConfig
 
 

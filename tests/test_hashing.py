@@ -1,7 +1,6 @@
 """Versioned defaults: a changed default changes the hashes that relied on it, a new field changes none, and a
 coupled run hashes its source by the source's run hash, not its path."""
 
-import pytest
 from pydantic import BaseModel
 
 from lotterylab import config, hashing
