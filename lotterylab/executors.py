@@ -107,11 +107,6 @@ def start_position(run_dir: Path) -> dict[str, int] | None:
     return {"stage": stage, "epoch": epoch}
 
 
-def _held(run_dir: Path) -> bool:
-    """Whether another process is training the run: its lock exists and is not stale."""
-    return locks.RunLock(paths.lock(run_dir)).is_held()
-
-
 def _queued_job_ids() -> set[str] | None:
     """Job ids (array tasks one by one, as `123_4`) that Slurm still holds: pending, running or requeued; None when
     squeue fails (a busy controller), so that no job is judged lost on that look."""
@@ -177,7 +172,7 @@ class SlurmExecutor:
                    if not results.is_complete(run_dir)}
         self.pending.update(pending)
         # a run another process is training (its lock is live) gets a job only if that process lets it go unfinished
-        held = [run_dir for run_dir in pending if _held(run_dir)]
+        held = [run_dir for run_dir in pending if locks.run_is_held(run_dir)]
         ids = self._submit([run_dir for run_dir in pending if run_dir not in held])
         print(f"slurm: {len(ids)} runs submitted{f' (jobs {ids[0]} to {ids[-1]})' if ids else ''}, {len(held)} held "
               f"by other processes, {len(set(run_dirs)) - len(pending)} finished", flush=True)
@@ -195,7 +190,7 @@ class SlurmExecutor:
         for run_dir in left:
             job = self.jobs.get(run_dir)
             if job is None:
-                released += [] if _held(run_dir) or run_dir not in self.pending else [run_dir]
+                released += [] if locks.run_is_held(run_dir) or run_dir not in self.pending else [run_dir]
             elif queued is not None and job.job_id not in queued:
                 raise JobFailed(f"{run_dir}: Slurm job {job.job_id} ended without finishing the run "
                                 f"({self._job_error(job)}); log: {job.paths.stderr}")

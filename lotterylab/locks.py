@@ -25,7 +25,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from lotterylab import checkpoint
+from lotterylab import checkpoint, paths
 
 STALE_AFTER_S = 3600.0
 HEARTBEAT_S = 60.0
@@ -161,3 +161,8 @@ class RunLock:
         if time.monotonic() - self.last_touch > HEARTBEAT_S:
             os.utime(self.path)
             self.last_touch = time.monotonic()
+
+
+def run_is_held(run_dir: Path) -> bool:
+    """Whether another process is training the run in `run_dir`: its lock exists and is not stale."""
+    return RunLock(paths.lock(run_dir)).is_held()

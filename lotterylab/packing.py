@@ -14,7 +14,7 @@ import copy
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -46,6 +46,12 @@ def pack_key(cfg: Config) -> str | None:
     shared = {name: getattr(cfg, name).model_dump() for name in ("model", "data", "optimizer", "schedule", "train")}
     shared["prunable"] = [cfg.mask.prune_first, cfg.mask.prune_last]
     return json.dumps(shared, sort_keys=True, default=str)
+
+
+def _stacked(streams: Sequence[Iterator[tuple[Tensor, Tensor]]]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The K runs' batches, step by step, as one: x (K, B, ...) and y (K, B)."""
+    for pairs in zip(*streams):
+        yield torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
 
 class Pack:
@@ -89,7 +95,7 @@ class Pack:
         self.base.train()
         rates = train.epoch_rates(cfg, epoch, data.train.num_batches(cfg.data.batch_size))
         streams = [t.data.train.batches(cfg.data.batch_size, t.generator, cfg.data.augment) for t in self.trainers]
-        batches = ((torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])) for pairs in zip(*streams))
+        batches = _stacked(streams)
         hooked = [(trainer, stage, hook) for trainer, stage, hooks in zip(self.trainers, stages, callbacks)
                   for hook in hooks if hasattr(hook, "on_step")]
         reads_weights = any(getattr(hook, "reads_weights", True) for _, _, hook in hooked)
@@ -115,7 +121,7 @@ class Pack:
         self.base.eval()
         size = len(self.trainers[0].data.test)
         streams = [t.data.test.batches(self.cfg.data.test_batch_size) for t in self.trainers]
-        batches = ((torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])) for pairs in zip(*streams))
+        batches = _stacked(streams)
         loss_sum, correct = step.evaluate(self._stacked_forward, batches, self.autocast)
         return [(loss / size, right / size) for loss, right in zip(loss_sum.tolist(), correct.tolist())]
 

@@ -113,7 +113,7 @@ def state(run_dir: Path) -> str:
     """finished (verified complete), running (a live process holds its lock) or pending (queued or not started)."""
     if results.is_complete(run_dir):
         return "finished"
-    return "running" if locks.RunLock(paths.lock(run_dir)).is_held() else "pending"
+    return "running" if locks.run_is_held(run_dir) else "pending"
 
 
 def summary(title: str, plan: Plan, runs_root: str | Path | None = None) -> str:
