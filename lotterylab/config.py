@@ -142,6 +142,10 @@ class TrainConfig(Section):
     )
     device: str = Field("auto", **unhashed("'auto', 'cpu' or 'cuda[:N]'"))
     progress: bool = Field(True, **unhashed("show a progress bar"))
+    collapse_threshold: float = Field(
+        0.01, ge=0.0, lt=1.0, **unhashed("a prunable layer whose mask keeps less than this fraction of its weights is "
+                                         "flagged as collapsed in results.nc, with one warning line")
+    )
 
 
 class Config(Section):

@@ -126,7 +126,9 @@ def _point_dataset(point: Point, run_dir: Path):
     for name in results.METRICS:  # a run written by an older version may lack one: NaN, never a KeyError
         if name not in run:
             run[name] = run.train_loss * np.nan
-    names = [*per_epoch(run), *(["layer_density"] if "layer_density" in run else [])]
+    if "layer_density" in run and "collapsed" not in run:  # written before results schema 3: flag at the default
+        run["collapsed"] = run.layer_density < point.config.train.collapse_threshold
+    names = [*per_epoch(run), *[name for name in ("layer_density", "collapsed") if name in run]]
     run = run[names].rename({"stage": STAGE_DIM})
     run["epochs_per_cycle"] = point.config.schedule.epochs
     run.attrs = {}

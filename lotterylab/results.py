@@ -18,9 +18,10 @@ from lotterylab.config import Config
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "density")
 """What every run records each epoch; callbacks may record more by name (`Trainer.record`)."""
-RESULTS_SCHEMA = 2
+RESULTS_SCHEMA = 3
 """results.nc's layout, in its `results_schema` attribute. 1 (no attribute): the METRICS alone. 2: also every
-quantity recorded by name, as a (stage, epoch) variable."""
+quantity recorded by name, as a (stage, epoch) variable. 3: also `collapsed`, (stage, layer), true where a layer's mask
+keeps less than the `collapse_threshold` attribute of its weights."""
 
 
 def append_epoch(history: dict[str, list[float]], values: dict[str, float]) -> None:
@@ -75,9 +76,10 @@ def run_dataset(
     noisy_indices: torch.Tensor,
     attrs: dict[str, Any],
     per_stage: dict[str, list[Any]] | None = None,
+    collapse_threshold: float = 0.01,
 ):
-    """Dims `stage` and `epoch` for the metrics, `stage` x `layer` for the mask, `stage` alone for `per_stage`
-    values (kind, epochs, FLOPs), `noisy` for label-noise indices."""
+    """Dims `stage` and `epoch` for the metrics, `stage` x `layer` for the mask and its collapse flags, `stage` alone
+    for `per_stage` values (kind, epochs, FLOPs), `noisy` for label-noise indices."""
     import xarray as xr
 
     coords = {"stage": np.arange(stages), "epoch": np.arange(1, epochs + 1)}
@@ -88,11 +90,25 @@ def run_dataset(
     }
     if layers:
         data_vars["layer_density"] = (("stage", "layer"), np.asarray(layer_density, dtype=np.float64))
+        data_vars["collapsed"] = (("stage", "layer"), collapsed(np.asarray(layer_density), collapse_threshold))
+        attrs = {**attrs, "collapse_threshold": collapse_threshold}
         coords["layer"] = np.asarray(layers, dtype=object)
     for name, values in (per_stage or {}).items():
         data_vars[name] = (("stage",), np.asarray(values, dtype=object if isinstance(values[0], str) else None))
     data_vars["noisy_index"] = (("noisy",), noisy_indices.cpu().numpy().astype(np.int64))
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def collapsed(layer_density, threshold: float):
+    """Where a layer keeps less than `threshold` of its weights (layer collapse): a boolean array like the input."""
+    return np.asarray(layer_density, dtype=np.float64) < threshold
+
+
+def collapse_warning(run_name: str, stage: int, layers: list[str], density: list[float], threshold: float) -> str:
+    """The one warning line for a stage whose mask leaves layers collapsed, naming each with its kept fraction."""
+    named = ", ".join(f"{name} keeps {100 * value:.2g}%" for name, value in zip(layers, density) if value < threshold)
+    return f"lotterylab: warning: run {run_name} stage {stage}: layer collapse (below {100 * threshold:g}% of " \
+           f"its weights): {named}"
 
 
 MARKER_SCHEMA = 2

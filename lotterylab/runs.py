@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,6 +180,16 @@ class RunDriver:
                 _save_init(self.run_dir, trainer.snapshots)
             per_layer = masks.layer_density(trainer.mask)
             self.layer_density.append([per_layer.get(name, 1.0) for name in trainer.params])
+            self._warn_collapse()
+
+    def _warn_collapse(self) -> None:
+        """One warning line (stderr) at a stage whose mask collapses a layer that the previous stage's did not."""
+        threshold = self.cfg.train.collapse_threshold
+        now = results.collapsed(self.layer_density[-1], threshold)
+        before = results.collapsed(self.layer_density[-2], threshold) if len(self.layer_density) > 1 else now & False
+        if distributed.is_main() and (now & ~before).any():
+            print(results.collapse_warning(self.run_dir.name, self.stage, list(self.trainer.params),
+                                           self.layer_density[-1], threshold), file=sys.stderr, flush=True)
 
     @property
     def evaluate_now(self) -> bool:
@@ -217,6 +228,6 @@ class RunDriver:
         attrs = {**results.provenance(cfg, self.device), "total_epochs": epochs * len(stages),
                  "total_train_flops": sum(cost)}
         dataset_out = results.run_dataset(self.history, len(stages), epochs, self.layer_density, names,
-                                          dataset.noisy_indices, attrs, per_stage)
+                                          dataset.noisy_indices, attrs, per_stage, cfg.train.collapse_threshold)
         if distributed.is_main():
             results.write(self.run_dir, dataset_out)

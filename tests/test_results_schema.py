@@ -26,7 +26,7 @@ class WeightNorm:
 def test_a_callback_records_its_own_quantity_by_name(tmp_path):
     run = runs.run(tiny(schedule={"epochs": 2}), tmp_path, callbacks=[WeightNorm()])
     found = results.read(run)
-    assert found.attrs["results_schema"] == results.RESULTS_SCHEMA == 2
+    assert found.attrs["results_schema"] == results.RESULTS_SCHEMA == 3
     assert found.weight_norm.dims == ("stage", "epoch")
     norms = found.weight_norm.values  # (stage, epoch): recorded in epoch index 1 only
     assert np.isnan(norms[:, 0]).all() and (norms[:, 1] > 0).all()
