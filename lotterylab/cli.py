@@ -1,5 +1,5 @@
 """Command line: `lotterylab run CONFIG.yaml [--out DIR] [--set key.path=value ...]`, `sweep`, `analyze`, `study`,
-`studies`, `status`, `--version`."""
+`studies`, `status`, `gallery`, `--version`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
     study.add_argument("--executor", metavar="NAME|FILE", help=EXECUTOR_HELP + " instead of the params' executor")
     commands.add_parser("studies", help="list the studies, one line each")
+    gallery = commands.add_parser("gallery", help="write REPORTS/index.html linking every report (`study` does too)")
+    gallery.add_argument("--reports", default="reports", help="root of report directories (default: reports)")
     status = commands.add_parser("status", help="a study's planned runs: finished, running (lock held) or pending")
     status.add_argument("name", help="study name; `lotterylab studies` lists them")
     status.add_argument("--params", help="params YAML file the study ran with (default: params/NAME/<scale>.yaml)")
@@ -114,6 +116,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gallery(args: argparse.Namespace) -> int:
+    from lotterylab import gallery
+
+    print(gallery.write(args.reports))
+    return 0
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from lotterylab import analyze
 
@@ -121,7 +130,8 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "study": _study, "studies": _study, "status": _status, "analyze": _analyze}
+COMMANDS = {"run": _run, "sweep": _sweep, "study": _study, "studies": _study, "status": _status, "gallery": _gallery,
+            "analyze": _analyze}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,7 +242,7 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from lotterylab import executors, plans, reports
+    from lotterylab import executors, gallery, plans, reports
 
     study = get(name)
     params_file = resolve_params(study, params, scale)
@@ -263,7 +263,9 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
         message = str(error.evalue).splitlines()[0] if error.evalue else ""
         raise StudyError(f"{name} ({params_file}): {error.ename}: {message} (see {executed})") from None
     plans.finish(out)
-    return reports.render(executed, report_html(out), title=f"{name} · {params_file.stem}")
+    html = reports.render(executed, report_html(out), title=f"{name} · {params_file.stem}")
+    gallery.write(reports_root)  # reports/index.html lists this report too
+    return html
 
 
 def status(name: str, params: str | Path | None = None, scale: str | None = None,
