@@ -69,7 +69,11 @@ class OptimizerConfig(Section):
 class ScheduleConfig(Section):
     name: str = Field("step_warmup", description="LR schedule within one cycle")
     epochs: int = Field(150, gt=0, le=100_000, description="epochs per cycle")
-    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup length in epochs")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="warmup length in epochs")
+    warmup: Literal["linear", "constant"] = Field(
+        "linear", description="linear: the LR ramps up to lr over the warmup; constant: it holds warmup_factor x lr"
+    )
+    warmup_factor: float = Field(0.1, gt=0.0, le=1.0, description="constant warmup: the LR as a fraction of lr")
     milestones: list[float] = Field([70 / 150, 130 / 150], description="step_warmup: drop points, fractions of a cycle")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step_warmup: factor applied at each milestone")
     final_lr: float = Field(0.0, ge=0.0, le=1.0, description="one_cycle and cosine: final LR as a fraction of lr")

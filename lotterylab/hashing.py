@@ -30,7 +30,7 @@ PINNED_DEFAULTS: dict[str, Any] = {
     "optimizer.lr": 0.1, "optimizer.momentum": 0.9, "optimizer.weight_decay": 0.0001, "optimizer.nesterov": False,
     "schedule.name": "step_warmup", "schedule.epochs": 150, "schedule.warmup_epochs": 0.0,
     "schedule.milestones": [70 / 150, 130 / 150], "schedule.gamma": 0.1, "schedule.final_lr": 0.0,
-    "schedule.step": "iteration",
+    "schedule.step": "iteration", "schedule.warmup": "linear", "schedule.warmup_factor": 0.1,
     "mask.sparsity": 0.0, "mask.criterion": "random", "mask.allocation": "auto", "mask.prune_first": True,
     "mask.prune_last": True, "mask.score_batches": 1, "mask.score_batch_size": 512, "mask.grasp_temperature": 200.0,
     "mask.synflow_rounds": 100,

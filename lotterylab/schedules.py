@@ -9,9 +9,12 @@ from lotterylab.config import ScheduleConfig
 
 
 def _warmup(cfg: ScheduleConfig, position: float, quantum: float) -> float:
-    """Linear ramp that reaches 1 exactly at warmup_epochs; `quantum` keeps the first step's LR above zero."""
-    if cfg.warmup_epochs <= 0:
+    """Multiplier during the warmup: a linear ramp that reaches 1 exactly at warmup_epochs (`quantum` keeps the first
+    step's LR above zero), or warmup_factor held until warmup_epochs (ImageNet in the seed paper's harness)."""
+    if cfg.warmup_epochs <= 0 or position >= cfg.warmup_epochs:
         return 1.0
+    if cfg.warmup == "constant":
+        return cfg.warmup_factor
     return min(1.0, (position + quantum) / cfg.warmup_epochs)
 
 

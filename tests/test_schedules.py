@@ -50,3 +50,30 @@ def test_every_schedule_stays_in_range_and_peaks_after_warmup(name):
     assert all(0.0 < lr <= 0.4 + 1e-12 for lr in lrs)
     assert math.isclose(lrs[9], 0.4)  # the last step of warmup reaches the peak
     assert lrs[0] < lrs[5] < lrs[9]
+
+
+IMAGENET = ScheduleConfig(name="step_warmup", epochs=90, warmup_epochs=10.0, warmup="constant", warmup_factor=0.1,
+                          milestones=[40 / 90, 70 / 90])
+
+
+@pytest.mark.parametrize("step", [0, 624])
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [(0, 0.01), (9, 0.01), (10, 0.1), (39, 0.1), (40, 0.01), (69, 0.01), (70, 0.001), (89, 0.001)],
+)
+def test_imagenet_constant_warmup_holds_a_tenth_then_drops_at_40_and_70(epoch, step, expected):
+    # The seed paper's harness on ImageNet (TurboPrune's ImageNetLRDropsWarmup): 0.1 x lr for 10 epochs, then lr,
+    # x0.1 at epochs 40 and 70 of 90; the same LR for every step of an epoch.
+    assert lr_at(IMAGENET, 0.1, epoch, step, 625) == pytest.approx(expected)
+
+
+def test_constant_warmup_ends_exactly_at_a_fractional_warmup_epochs():
+    cfg = ScheduleConfig(name="constant", epochs=20, warmup_epochs=1.5, warmup="constant", warmup_factor=0.25)
+    assert [lr_at(cfg, 1.0, epoch, step, 4) for epoch, step in ((0, 0), (1, 1), (1, 2), (2, 0))] == [0.25, 0.25, 1, 1]
+
+
+def test_linear_warmup_is_the_default_and_ignores_warmup_factor():
+    linear = ScheduleConfig(name="step_warmup", epochs=150, warmup_epochs=10.0, step="epoch")
+    assert linear.warmup == "linear"
+    assert [lr_at(linear.model_copy(update={"warmup_factor": 0.5}), 0.1, e, 0, 1) for e in (0, 4, 9, 10)] == \
+        pytest.approx([0.01, 0.05, 0.1, 0.1])
