@@ -39,13 +39,46 @@ def _for_report(notebook):
     return notebook
 
 
+def trust(notebook: str | Path) -> None:
+    """Sign an executed notebook as trusted in this user's Jupyter signature store (nbformat's NotebookNotary), so that
+    JupyterLab runs its outputs' JavaScript and shows its plots when it opens it. Trust follows the content: a copy
+    stays trusted, an edit made outside Jupyter untrusts it, another user or machine has its own store."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    notary = NotebookNotary()
+    try:
+        notary.sign(nbformat.read(notebook, as_version=4))
+    finally:
+        notary.store.close()
+
+
+def _claims_first(notebook):
+    """Move the output marked as the claims' verdict table ("What the data say") to a cell of its own right after the
+    notebook's first cell (the title), so that a report opens with it; JupyterLab shows it where it was computed."""
+    import nbformat
+
+    from lotterylab.claims import REPORT_MARKER
+
+    marked = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+              if output.get("metadata", {}).get(REPORT_MARKER)]
+    if not marked:
+        return notebook
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [output for output in cell.outputs if not output.get("metadata", {}).get(REPORT_MARKER)]
+    top = nbformat.v4.new_code_cell(source="", outputs=marked)
+    notebook.cells.insert(1 if notebook.cells and notebook.cells[0].cell_type == "markdown" else 0, top)
+    return notebook
+
+
 def render(executed: str | Path, html: str | Path, title: str) -> Path:
     """Write `html` from the executed notebook: markdown and outputs only, no code, no network needed to open it."""
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
-    notebook = _for_report(nbformat.read(executed, as_version=4))
+    notebook = _claims_first(_for_report(nbformat.read(executed, as_version=4)))
     notebook.metadata["title"] = title
     exporter = HTMLExporter(template_name="lab", template_file=TEMPLATE_NAME,
                             extra_loaders=[jinja2.DictLoader({TEMPLATE_NAME: TEMPLATE})],

@@ -21,6 +21,9 @@ ROOT = SOURCE_TREE if (SOURCE_TREE / "pyproject.toml").is_file() and (SOURCE_TRE
 STUDY_PATH = "LOTTERYLAB_STUDIES"  # more folders of studies (each with notebooks/ and params/), os.pathsep-separated
 SCALES = ("smoke", "cpu", "gpu", "paper")
 INJECTED = ("output_dir", "runs_root")  # set by run_study, never by a params file
+SCALE = "scale"  # a notebook whose parameters cell has it reads every value from a params file (`parameters`)
+SCALE_MODE = (SCALE, "params_file", "overrides", *INJECTED)  # that cell's names; injected by run_study
+OPTIONAL = {"deviations": []}  # parameters a params file may leave out: the run config's departures from the paper
 EXTENDS = "extends"  # a params file's key naming the file it is merged over, e.g. `extends: base/gpu.yaml`
 NOT_STUDIES = ("base", "runs", "executors")  # folders of params/ that hold no study's params
 METADATA_KEYS = ("description", "figure")  # of a notebook's metadata.lotterylab
@@ -160,7 +163,7 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
     return defaults
 
 
-def _read_params(path: Path, defaults: dict[str, Any]) -> dict[str, Any]:
+def _read_params(path: Path, defaults: dict[str, Any] | None) -> dict[str, Any]:
     """One params file as written, checked against the notebook's defaults: known names, plain literals only."""
     raw = read_yaml(path, "params", StudyError)
     raw = {} if raw is None else raw
@@ -176,7 +179,7 @@ def _read_params(path: Path, defaults: dict[str, Any]) -> dict[str, Any]:
                 raise StudyError(f"{path}: {EXTENDS}: expected a path such as base/gpu.yaml, got "
                                  f"{type(value).__name__}")
             continue
-        if name not in defaults:
+        if defaults is not None and name not in defaults:
             raise StudyError(f"{path}: unknown parameter {name!r}; valid: {', '.join(sorted(defaults))}")
         if not _is_plain(value):
             raise StudyError(f"{path}: parameter {name}: {type(value).__name__} is not a plain literal")
@@ -192,7 +195,7 @@ def _merged(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_params(path: str | Path, defaults: dict[str, Any], params_roots: Sequence[str | Path] = ()) -> dict[str, Any]:
+def load_params(path: str | Path, defaults: dict[str, Any] | None, params_roots: Sequence[str | Path] = ()) -> dict[str, Any]:
     """A params YAML file checked against the notebook's defaults: known names and plain literal values only.
     `extends: base/gpu.yaml` merges the file over another (`_merged`), itself checked the same way and free to extend
     a third; a relative path is looked up under `params_roots`, then under lotterylab's own params/."""
@@ -221,6 +224,66 @@ def load_params(path: str | Path, defaults: dict[str, Any], params_roots: Sequen
     return effective
 
 
+def is_scale_mode(study: Study) -> bool:
+    """Whether the study's notebook names a scale (`scale = "cpu"`) and reads its values from the params files."""
+    return SCALE in notebook_parameters(study.notebook)
+
+
+def schema(study: Study) -> dict[str, Any]:
+    """The study's parameter names with their cpu-scale values: the notebook's parameters cell (older notebooks), or
+    for a notebook in scale mode the keys of params/<study>/cpu.yaml, merged over its base, plus OPTIONAL ones."""
+    defaults = notebook_parameters(study.notebook)
+    if SCALE not in defaults:
+        return defaults
+    return {**OPTIONAL, **load_params(study.params_file("cpu"), None, [study.root / "params"])}
+
+
+class Parameters:
+    """One study's parameter values at one scale (`parameters`), read as attributes: `P.seeds`, `P.base`."""
+
+    def __init__(self, study: str, label: str, file: Path, output_dir: Path, runs_root: Path, values: dict[str, Any]):
+        self.study, self.label, self.file, self.output_dir, self.runs_root = study, label, file, output_dir, runs_root
+        self.values = values
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if name not in values:
+            raise AttributeError(f"{self.__dict__.get('file')}: no parameter {name!r}")
+        return values[name]
+
+    def __repr__(self) -> str:
+        return f"Parameters({self.study!r}, {self.label!r}: {', '.join(sorted(self.values))})"
+
+
+def _checked(study: Study, file: Path, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    known = schema(study)
+    values = {**OPTIONAL, **load_params(file, known, [study.root / "params"])}
+    missing = sorted(set(known) - set(values))
+    if missing:
+        raise StudyError(f"{file}: missing parameter {missing[0]!r} (params/{study.name}/cpu.yaml sets every one)")
+    for name, value in (overrides or {}).items():
+        if name not in known:
+            raise StudyError(f"overrides: unknown parameter {name!r} of study {study.name}; valid: "
+                             f"{', '.join(sorted(known))}")
+        if not _is_plain(value):
+            raise StudyError(f"overrides: parameter {name}: {type(value).__name__} is not a plain literal")
+    return _merged(values, overrides or {})
+
+
+def parameters(study: str, scale: str = "cpu", params_file: str | Path | None = None,
+               overrides: dict[str, Any] | None = None, output_dir: str | Path | None = None,
+               runs_root: str | Path | None = None) -> Parameters:
+    """What a notebook's parameters cell names, resolved: params/<study>/<scale>.yaml (or `params_file`) merged over
+    its base and checked against the study's parameter names, with `overrides` (e.g. {"seeds": [0]}) on top.
+    `output_dir` defaults to reports/<study>/lab and `runs_root` to runs/, both beside notebooks/."""
+    found = get(study)
+    file = resolve_params(found, params_file, None if params_file is not None else scale)
+    values = _checked(found, file, overrides)
+    out = Path(output_dir) if output_dir is not None else found.root / "reports" / study / "lab"
+    runs = Path(runs_root) if runs_root is not None else found.root / "runs"
+    return Parameters(study, file.stem, file, out, runs, values)
+
+
 def resolve_params(study: Study, params: str | Path | None, scale: str | None) -> Path:
     """The params file: an explicit path, or params/<study>/<scale>.yaml (default scale: cpu)."""
     if params is not None and scale is not None:
@@ -246,22 +309,29 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
 
     study = get(name)
     params_file = resolve_params(study, params, scale)
-    values = load_params(params_file, notebook_parameters(study.notebook), [study.root / "params"])
-    if executor is not None:
-        values["executor"] = executors.section(executor)
-    elif values.get("executor") is not None:  # a bad executor section fails here, not after the notebook has started
+    scale_mode = is_scale_mode(study)
+    overrides = {"executor": executors.section(executor)} if executor is not None else {}
+    if scale_mode:
+        values = _checked(study, params_file, overrides)
+    else:
+        values = {**load_params(params_file, notebook_parameters(study.notebook), [study.root / "params"]),
+                  **overrides}
+    if not overrides and values.get("executor") is not None:  # a bad executor fails here, not in the notebook
         executors.from_params(values["executor"], f"{params_file}: executor")
     out = report_dir(reports_root, name, params_file.stem).resolve()
     executed = executed_notebook(out, name)
     executed.parent.mkdir(parents=True, exist_ok=True)
     plans.plan_file(out).unlink(missing_ok=True)
     injected = {"output_dir": str(out), "runs_root": str(Path(runs_root).resolve())}
+    if scale_mode:  # the notebook reads the file itself (`parameters`); only where and what replaces travel
+        values = {SCALE: params_file.stem, "params_file": str(params_file.resolve()), "overrides": overrides}
     try:
         papermill.execute_notebook(study.notebook, executed, parameters={**values, **injected}, cwd=str(study.root),
                                    progress_bar=False, log_output=False)
     except PapermillExecutionError as error:
         message = str(error.evalue).splitlines()[0] if error.evalue else ""
         raise StudyError(f"{name} ({params_file}): {error.ename}: {message} (see {executed})") from None
+    reports.trust(executed)  # signed as written, so that JupyterLab shows its plots
     plans.finish(out)
     html = reports.render(executed, report_html(out), title=f"{name} · {params_file.stem}")
     gallery.write(reports_root)  # reports/index.html lists this report too
