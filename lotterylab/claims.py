@@ -6,6 +6,8 @@ A claim compares condition A with condition B over seeds. Its decision rule is f
   `lower_is_better`), fails when it lies on the other side, inconclusive when it contains 0.
 * `matches(...)` (A matches B within ±margin): holds when that CI lies inside [-margin, margin], fails when it lies
   wholly outside, inconclusive otherwise.
+* `at_least(...)` (A is at least B, up to a margin: "A ≥ B"): holds when the CI lies above -margin, fails when it
+  lies below -margin, inconclusive otherwise.
 
 The CI is Student's t over the paired per-seed differences where A and B share seeds (every study pairs its arms by
 seed), else Welch's. Fewer than 3 seeds with both values never gives a verdict but 'inconclusive'. `evaluate` writes
@@ -114,7 +116,7 @@ class Claim:
 
     id: str
     statement: str  # the paper's statement, quoted or paraphrased with its figure
-    kind: str  # "beats" or "matches"
+    kind: str  # "beats", "matches" or "at_least"
     a: str  # condition A, as the report names it
     b: str
     quantity: str  # what is compared, with its unit, e.g. "test accuracy (%)"
@@ -128,6 +130,9 @@ class Claim:
         if self.kind == "matches":
             return (f"holds if the 95% CI over seeds of {diff} lies inside ±{self.margin:g}; fails if it lies wholly "
                     f"outside; else inconclusive")
+        if self.kind == "at_least":
+            return (f"holds if the 95% CI over seeds of {diff} lies above −{self.margin:g}; fails if it lies below "
+                    f"−{self.margin:g}; else inconclusive")
         side, other = ("below", "above") if self.lower_is_better else ("above", "below")
         return f"holds if the 95% CI over seeds of {diff} lies {side} 0; fails if it lies {other} 0; else inconclusive"
 
@@ -152,6 +157,14 @@ def matches(claim_id: str, statement: str, a: str, b: str, quantity: str, margin
     return Claim(claim_id, statement, "matches", a, b, quantity, where, float(margin))
 
 
+def at_least(claim_id: str, statement: str, a: str, b: str, quantity: str, margin: float, where: str = "") -> Claim:
+    """Declare "A is at least B" (A ≥ B up to ±margin, in the quantity's unit): A may be better, not worse."""
+    _check_id(claim_id)
+    if not margin > 0:
+        raise ClaimError(f"claim {claim_id}: an 'at_least' claim needs a margin > 0, got {margin}")
+    return Claim(claim_id, statement, "at_least", a, b, quantity, where, float(margin))
+
+
 def decide(claim: Claim, difference: Interval) -> str:
     """The verdict of the claim's rule on the CI of mean(A) - mean(B)."""
     if difference.n < MIN_SEEDS or not (math.isfinite(difference.low) and math.isfinite(difference.high)):
@@ -161,6 +174,10 @@ def decide(claim: Claim, difference: Interval) -> str:
         if -claim.margin <= low and high <= claim.margin:
             return "holds"
         return "fails" if high < -claim.margin or low > claim.margin else "inconclusive"
+    if claim.kind == "at_least":
+        if low > -claim.margin:
+            return "holds"
+        return "fails" if high < -claim.margin else "inconclusive"
     if claim.lower_is_better:
         low, high = -high, -low
     if low > 0:
@@ -183,7 +200,7 @@ class Result:
                "kind": c.kind, "quantity": c.quantity, "where": c.where,
                "values": {name: interval.as_json() for name, interval in self.values.items()},
                "difference": self.difference.as_json()}
-        if c.kind == "matches":
+        if c.kind in ("matches", "at_least"):
             out["margin"] = c.margin
         if self.notes:
             out["notes"] = self.notes
@@ -269,6 +286,8 @@ def sentence(result: Result) -> str:
     diff = result.difference
     if c.kind == "matches":
         test = f"the margin ±{c.margin:g}{points}"
+    elif c.kind == "at_least":
+        test = f"−{c.margin:g}{points}"
     else:
         test = "0"
     return (f"{c.quantity[0].upper() + c.quantity[1:]}{where}: {c.a} {_ci(va, unit)}, {c.b} {_ci(vb, unit)}; "

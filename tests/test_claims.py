@@ -11,6 +11,7 @@ from lotterylab import claims
 
 BEATS = claims.beats("a_beats_b", "A beats B.", "A", "B", "test accuracy (%)", "98% sparsity")
 LOWER = claims.beats("a_flatter", "A is flatter.", "A", "B", "top eigenvalue", lower_is_better=True)
+AT_LEAST = claims.at_least("a_at_least_b", "A ≥ B.", "A", "B", "test accuracy (%)", margin=1.0)
 MATCH = claims.matches("a_matches_b", "A matches B.", "A", "B", "test accuracy (%)", margin=1.0)
 
 
@@ -32,6 +33,12 @@ MATCH = claims.matches("a_matches_b", "A matches B.", "A", "B", "test accuracy (
     (MATCH, [95, 96, 97], [90, 90, 90], "fails"),
     # differences [0.5, 2.5, -1.5]: CI straddles the margin
     (MATCH, [90.5, 92.5, 88.5], [90, 90, 90], "inconclusive"),
+    # at least, margin 1: A better holds (CI [0.52, 5.48] > -1); A level holds (CI ±0.25); A far worse fails
+    (AT_LEAST, [92, 93, 94], [90, 90, 90], "holds"),
+    (AT_LEAST, [90.1, 89.9, 90.0], [90, 90, 90], "holds"),
+    (AT_LEAST, [85, 86, 87], [90, 90, 90], "fails"),
+    # differences [-0.5, -2.5, 1.5]: CI straddles -1
+    (AT_LEAST, [89.5, 87.5, 91.5], [90, 90, 90], "inconclusive"),
 ])
 def test_decision_rule_on_literal_cases(claim, a, b, verdict):
     assert claims.evaluate(claim, a, b).verdict == verdict
