@@ -136,6 +136,9 @@ COMMANDS = {"run": _run, "sweep": _sweep, "study": _study, "studies": _study, "s
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from lotterylab import progress
+
+    progress.echo_log()  # INFO records (a sweep's summary line) are a command's output
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # one the command could not place: in analyze, or before a run or sweep started

@@ -1,6 +1,8 @@
 """Executors: hand a sweep's run configs to an engine (this process, or Slurm through submitit); get run dirs back.
 
-Every executor is `executor(configs, runs_root) -> run directories`. Runs are idempotent, resumable and locked
+Every executor is `executor(configs, runs_root, callbacks=()) -> run directories`; `callbacks` are hooks of the runs it
+trains in this process (`runs.RunDriver`), and `on_run_end(run_dir)` is also called for the runs it sees finish
+elsewhere (a study's progress, `lotterylab.progress`). Runs are idempotent, resumable and locked
 (`runs.run`), so an executor only has to get `runs.run(cfg, runs_root)` called somewhere, as often as it likes:
 a finished run returns at once, an interrupted one resumes from its last checkpoint, and two executors handed the
 same run never train it twice.
@@ -16,20 +18,27 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, ValidationError
 
-from lotterylab import checkpoint, locks, packing, paths, results, runs
+from lotterylab import checkpoint, locks, packing, paths, progress, results, runs
 from lotterylab.config import Config, ConfigError, Section, error_line, read_yaml
+from lotterylab.train import Callback
 
-Executor = Callable[[Sequence[Config], str | Path], list[Path]]
+
+class Executor(Protocol):
+    """Trains the runs of `configs` under `runs_root` somewhere; returns their run directories in the order given."""
+
+    def __call__(self, configs: Sequence[Config], runs_root: str | Path,
+                 callbacks: Sequence[Callback] = ()) -> list[Path]: ...
 
 
-def local(configs: Sequence[Config], runs_root: str | Path, max_pack: int | None = None) -> list[Path]:
+def local(configs: Sequence[Config], runs_root: str | Path, callbacks: Sequence[Callback] = (),
+          max_pack: int | None = None) -> list[Path]:
     """Train the runs in this process; on a GPU, pending runs sharing model and data train packed (lotterylab.packing);
     finished runs return at once."""
-    return packing.run_many(configs, runs_root, max_pack)
+    return packing.run_many(configs, runs_root, max_pack, callbacks)
 
 
 class LocalParams(Section):
@@ -165,7 +174,9 @@ class SlurmExecutor:
         self.jobs.update(zip(run_dirs, jobs))
         return [job.job_id for job in jobs]
 
-    def __call__(self, configs: Sequence[Config], runs_root: str | Path) -> list[Path]:
+    def __call__(self, configs: Sequence[Config], runs_root: str | Path,
+                 callbacks: Sequence[Callback] = ()) -> list[Path]:
+        """Submit the pending runs; with `wait`, block until they finish, calling `on_run_end` hooks as each does."""
         root = Path(runs_root).resolve()  # jobs start in another directory, maybe on another node
         run_dirs = [paths.run_dir(root, cfg.run_hash()) for cfg in configs]
         pending = {run_dir: TrainRun(cfg, str(root)) for run_dir, cfg in zip(run_dirs, configs)
@@ -177,7 +188,7 @@ class SlurmExecutor:
         print(f"slurm: {len(ids)} runs submitted{f' (jobs {ids[0]} to {ids[-1]})' if ids else ''}, {len(held)} held "
               f"by other processes, {len(set(run_dirs)) - len(pending)} finished", flush=True)
         if self.params.wait:
-            self.wait(list(pending))
+            self.wait(list(pending), callbacks=callbacks)
         return run_dirs
 
     def poll(self, run_dirs: Sequence[Path]) -> list[Path]:
@@ -199,10 +210,13 @@ class SlurmExecutor:
             print(f"slurm: {len(ids)} runs released unfinished by other processes submitted (jobs {', '.join(ids)})")
         return left
 
-    def wait(self, run_dirs: Sequence[Path], timeout: float | None = None) -> None:
-        """Block until every run in `run_dirs` has finished (see `poll`); TimeoutError after `timeout` seconds."""
+    def wait(self, run_dirs: Sequence[Path], timeout: float | None = None, callbacks: Sequence[Callback] = ()) -> None:
+        """Block until every run in `run_dirs` has finished (see `poll`), telling `callbacks` of each that does
+        (`on_run_end`); TimeoutError after `timeout` seconds."""
         start = time.monotonic()
         while left := self.poll(run_dirs):
+            for run_dir in set(run_dirs) - set(left):
+                progress.notify_run_end(callbacks, run_dir)
             if timeout is not None and time.monotonic() - start > timeout:
                 raise TimeoutError(f"slurm: {len(left)} runs still pending after {timeout:.0f} s, e.g. {left[0]}")
             time.sleep(self.params.poll_s)

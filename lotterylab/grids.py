@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from lotterylab import __version__, config, executors, paths, plans, results
+from lotterylab import __version__, config, executors, paths, plans, progress, results
 from lotterylab.config import Config
+
+log = logging.getLogger(__name__)
 
 Axis = dict[Any, dict[str, Any]]  # coordinate value -> overrides, as dotted config paths ("mask.sparsity": 0.9)
 STAGE_DIM = "cycle"  # a run's `stage`: a cycle of cyclic training, a pruning level of imp/wr/lrr (0 = dense)
@@ -69,18 +72,33 @@ def grid(base: dict[str, Any], axes: dict[str, Axis], source: str = "study") -> 
 
 
 def run_all(points: Sequence[Point], runs_root: str | Path,
-            executor: executors.Executor | dict[str, Any] | None = None, plan: str | Path | None = None) -> list[Path]:
+            executor: executors.Executor | dict[str, Any] | None = None, plan: str | Path | None = None,
+            show_progress: bool | None = None) -> list[Path]:
     """Train every point through `executor` (an executor, a params section such as `{name: slurm, ...}`, or None
-    for `local`): finished runs are reused, interrupted ones resume; print one summary line. `plan`, a study's report
-    directory, records the points in its plan.json before any trains, for `lotterylab status` (`plans`)."""
+    for `local`): finished runs are reused, interrupted ones resume. `plan`, a study's report directory, records the
+    points in its plan.json before any trains, for `lotterylab status` (`plans`).
+
+    While they train, a progress bar shows runs done of the total and the run training now, at its stage and epoch,
+    where `show_progress` (None: `progress.watched()`, true in JupyterLab and on a terminal, false under papermill).
+    At the end one summary line (run directories trained, reused and pending; points sharing a run count once) goes
+    to the log, not to the output: a report shows no bookkeeping (`lotterylab` commands print INFO records)."""
     if plan is not None:
         plans.record(points, runs_root, plan)
     start = time.time()
-    reused = sum(results.is_complete(run_dir(point, runs_root)) for point in points)
-    run_dirs = executors.resolve(executor)([point.config for point in points], runs_root)
-    pending = len(status(points, runs_root).pending)
-    print(f"{len(points)} runs: {len(points) - reused - pending} trained, {reused} reused"
-          f"{f', {pending} pending' if pending else ''}, {time.time() - start:.0f} s")
+    labels = progress.run_labels((run_dir(point, runs_root), point.coords) for point in points)
+    reused = [directory for directory in labels if results.is_complete(directory)]
+    tracker = progress.StudyProgress(labels, reused, progress.watched() if show_progress is None else show_progress)
+    try:
+        run_dirs = executors.resolve(executor)([point.config for point in points], runs_root, callbacks=[tracker])
+        finished = [directory for directory in labels if results.is_complete(directory)]
+        for directory in finished:  # also those another process finished while this one waited on its lock
+            tracker.on_run_end(directory)
+    finally:
+        tracker.close()
+    pending = len(labels) - len(finished)
+    log.info("%d runs%s: %d trained, %d reused%s, %.0f s", len(labels),
+             f" for {len(points)} points" if len(points) != len(labels) else "", len(finished) - len(reused),
+             len(reused), f", {pending} pending" if pending else "", time.time() - start)
     return run_dirs
 
 

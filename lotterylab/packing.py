@@ -181,8 +181,9 @@ def _drive(drivers: list[runs.RunDriver]) -> None:
         raise errors[0]
 
 
-def train_packed(cfgs: Sequence[Config], out: str | Path) -> None:
-    """Train these runs (same `pack_key`) together, holding each one's lock; runs locked elsewhere are left to it."""
+def train_packed(cfgs: Sequence[Config], out: str | Path, callbacks: Sequence[train.Callback] = ()) -> None:
+    """Train these runs (same `pack_key`) together, holding each one's lock; runs locked elsewhere are left to it.
+    `callbacks` are every run's, besides its lock (a study's progress)."""
     out = Path(out)
     held, drivers = [], []
     try:
@@ -193,7 +194,7 @@ def train_packed(cfgs: Sequence[Config], out: str | Path) -> None:
                 continue
             held.append(lock)
             if not results.is_complete(run_dir):
-                drivers.append(runs.RunDriver(cfg, out, run_dir, [lock]))
+                drivers.append(runs.RunDriver(cfg, out, run_dir, [lock, *callbacks]))
         _drive(drivers)
     finally:
         for driver in drivers:
@@ -202,9 +203,11 @@ def train_packed(cfgs: Sequence[Config], out: str | Path) -> None:
             lock.release()
 
 
-def run_many(cfgs: Sequence[Config], out: str | Path, max_pack: int | None = None) -> list[Path]:
+def run_many(cfgs: Sequence[Config], out: str | Path, max_pack: int | None = None,
+             callbacks: Sequence[train.Callback] = ()) -> list[Path]:
     """Train every config (finished runs are reused), packing pending runs that share a `pack_key` in groups of at
-    most `max_pack` (None: `default_max_pack`, by device); returns the run directories in the order given."""
+    most `max_pack` (None: `default_max_pack`, by device), each run with `callbacks`; returns the run directories in
+    the order given."""
     out = Path(out)
     cfgs = [coupling.plan(cfg, out) for cfg in cfgs]  # sources train first, never inside a pack's build
     run_dirs = [paths.run_dir(out, cfg.run_hash()) for cfg in cfgs]
@@ -219,7 +222,7 @@ def run_many(cfgs: Sequence[Config], out: str | Path, max_pack: int | None = Non
             for start in range(0, len(members), size):
                 chunk = members[start:start + size]
                 if len(chunk) > 1:
-                    train_packed(chunk, out)
+                    train_packed(chunk, out, callbacks)
     for cfg in cfgs:  # singles, runs another process held, and anything a pack left unfinished
-        runs.run(cfg, out)
+        runs.run(cfg, out, callbacks)
     return run_dirs

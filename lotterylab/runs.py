@@ -16,6 +16,7 @@ import torch
 from lotterylab import checkpoint, coupling, data, distributed, flops, identity, locks, masks, models, paths, results
 from lotterylab.config import Config
 from lotterylab.methods import METHODS
+from lotterylab.progress import notify_run_end
 from lotterylab.train import Callback, EpochMetrics, Trainer, resolve_device
 
 
@@ -23,17 +24,22 @@ class Progress:
     """A tqdm bar over all epochs of the run, showing stage, epoch and the latest test accuracy."""
 
     def __init__(self, total: int, done: int, enabled: bool):
-        from tqdm.auto import tqdm
+        self.bar = None
+        if enabled:  # tqdm.auto is imported only for a bar: in a kernel without ipywidgets it warns on stderr
+            from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=done, disable=not enabled, unit="epoch", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=done, unit="epoch", dynamic_ncols=True)
 
     def on_epoch_end(self, trainer: Trainer, stage: int, epoch: int, metrics: EpochMetrics) -> None:
-        self.bar.set_description(f"stage {stage} epoch {epoch + 1}")
-        self.bar.set_postfix(train_acc=f"{metrics.train_acc:.3f}", test_acc=f"{metrics.test_acc:.3f}", refresh=False)
-        self.bar.update()
+        if self.bar is not None:
+            self.bar.set_description(f"stage {stage} epoch {epoch + 1}")
+            self.bar.set_postfix(train_acc=f"{metrics.train_acc:.3f}", test_acc=f"{metrics.test_acc:.3f}",
+                                 refresh=False)
+            self.bar.update()
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _apply_determinism(cfg: Config) -> None:
@@ -164,6 +170,9 @@ class RunDriver:
         self.progress = Progress(len(self.stages) * self.epochs, self.stage * self.epochs + self.epoch,
                                  cfg.train.progress and distributed.is_main())
         self.callbacks = [*callbacks, self.progress]
+        for callback in self.callbacks:  # a study's progress (lotterylab.progress) names the run training now
+            if hasattr(callback, "on_run_start"):
+                callback.on_run_start(self.trainer, run_dir, len(self.stages), self.epochs)
 
     @property
     def done(self) -> bool:
@@ -231,3 +240,4 @@ class RunDriver:
                                           dataset.noisy_indices, attrs, per_stage, cfg.train.collapse_threshold)
         if distributed.is_main():
             results.write(self.run_dir, dataset_out)
+        notify_run_end(self.callbacks, self.run_dir)

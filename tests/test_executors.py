@@ -1,6 +1,7 @@
 """Executors and sweeps without a cluster: the registry's errors, `lotterylab sweep` with the local executor, status
 and wait for collecting, nothing resubmitted when finished, and two overlapping sweeps training each run once."""
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -132,14 +133,15 @@ def test_status_and_wait_follow_runs_finishing_elsewhere(tmp_path, capsys):
     assert "1 of 3 runs finished, 2 pending" in shown and "3 of 3 runs finished, 0 pending" in shown
 
 
-def test_slurm_executor_submits_nothing_for_finished_runs(tmp_path, capsys):
+def test_slurm_executor_submits_nothing_for_finished_runs(tmp_path, caplog):
     """A rerun of a finished sweep costs nothing on a cluster either: no job is submitted (no sbatch is needed)."""
+    caplog.set_level(logging.INFO, logger="lotterylab")
     points = grids.grid(TINY, {"seed": grids.values("seed", [0, 1])})
     local_dirs = grids.run_all(points, tmp_path)
     slurm = executors.from_params({"name": "slurm", "folder": str(tmp_path / "logs")})
     assert grids.run_all(points, tmp_path, slurm) == [run_dir.resolve() for run_dir in local_dirs]
     assert slurm.jobs == {} and not (tmp_path / "logs").exists()
-    assert "2 runs: 0 trained, 2 reused" in capsys.readouterr().out
+    assert "2 runs: 0 trained, 2 reused" in caplog.text
 
 
 COUNTED_SWEEP = textwrap.dedent("""
