@@ -11,8 +11,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from lotterylab import studies
+from lotterylab.claims import CLAIMS_FILE, VERDICTS
 
-VERDICTS = ("holds", "fails", "inconclusive")  # of a claim in claims.json, in the order the gallery shows them
 UNKNOWN_STUDY = "not a study found in notebooks/"
 
 
@@ -25,7 +25,7 @@ def index_html(reports_root: str | Path) -> Path:
 
 
 def claims_json(out: Path) -> Path:
-    return out / "claims.json"
+    return out / CLAIMS_FILE
 
 
 def results_nc(out: Path) -> Path:
