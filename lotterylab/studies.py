@@ -23,7 +23,7 @@ SCALES = ("smoke", "cpu", "gpu", "paper")
 INJECTED = ("output_dir", "runs_root")  # set by run_study, never by a params file
 SCALE = "scale"  # a notebook whose parameters cell has it reads every value from a params file (`parameters`)
 SCALE_MODE = (SCALE, "params_file", "overrides", *INJECTED)  # that cell's names; injected by run_study
-OPTIONAL = {"deviations": []}  # parameters a params file may leave out: the run config's departures from the paper
+OPTIONAL = {"deviations": [], "executor": None}  # parameters a params file may leave out, with their values
 EXTENDS = "extends"  # a params file's key naming the file it is merged over, e.g. `extends: base/gpu.yaml`
 NOT_STUDIES = ("base", "runs", "executors")  # folders of params/ that hold no study's params
 METADATA_KEYS = ("description", "figure")  # of a notebook's metadata.lotterylab
@@ -179,7 +179,7 @@ def _read_params(path: Path, defaults: dict[str, Any] | None) -> dict[str, Any]:
                 raise StudyError(f"{path}: {EXTENDS}: expected a path such as base/gpu.yaml, got "
                                  f"{type(value).__name__}")
             continue
-        if defaults is not None and name not in defaults:
+        if defaults is not None and name not in defaults and name not in OPTIONAL:
             raise StudyError(f"{path}: unknown parameter {name!r}; valid: {', '.join(sorted(defaults))}")
         if not _is_plain(value):
             raise StudyError(f"{path}: parameter {name}: {type(value).__name__} is not a plain literal")
@@ -314,8 +314,10 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     if scale_mode:
         values = _checked(study, params_file, overrides)
     else:
-        values = {**load_params(params_file, notebook_parameters(study.notebook), [study.root / "params"]),
-                  **overrides}
+        defaults = notebook_parameters(study.notebook)
+        values = {name: value for name, value in load_params(params_file, defaults, [study.root / "params"]).items()
+                  if name in defaults}  # an OPTIONAL parameter the older notebook does not take is left out
+        values.update(overrides)
     if not overrides and values.get("executor") is not None:  # a bad executor fails here, not in the notebook
         executors.from_params(values["executor"], f"{params_file}: executor")
     out = report_dir(reports_root, name, params_file.stem).resolve()
