@@ -20,18 +20,32 @@ TINY = {
 
 
 def _defaults():
-    return studies.notebook_parameters(studies.get("label_noise").notebook)
+    return studies.schema(studies.get("label_noise"))
 
 
 @pytest.mark.parametrize("name", sorted(studies.STUDIES))
-def test_every_scale_file_validates_and_cpu_matches_the_notebook_defaults(name):
+def test_every_scale_file_validates_and_sets_every_parameter(name):
     study = studies.get(name)
-    defaults = studies.notebook_parameters(study.notebook)
-    assert set(studies.INJECTED) <= set(defaults)
+    assert set(studies.notebook_parameters(study.notebook)) == set(studies.SCALE_MODE)
+    known = set(studies.schema(study))
     for scale in studies.SCALES:
-        studies.load_params(study.params_file(scale), defaults)
-    cpu = studies.load_params(study.params_file("cpu"), defaults)
-    assert cpu == {key: value for key, value in defaults.items() if key not in studies.INJECTED}
+        parameters = studies.parameters(name, scale)
+        assert set(parameters.values) == known and parameters.label == scale
+        assert len(parameters.seeds) >= (3 if scale != "smoke" else 1)
+
+
+def test_overrides_replace_values_and_unknown_ones_are_one_line():
+    assert studies.parameters("sculpt", "cpu", overrides={"seeds": [7]}).seeds == [7]
+    with pytest.raises(StudyError, match="overrides: unknown parameter 'bogus'"):
+        studies.parameters("sculpt", "cpu", overrides={"bogus": 1})
+
+
+def test_a_params_file_missing_a_parameter_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: base/cpu.yaml\nstarts: [0.5]\n")
+    with pytest.raises(StudyError, match="missing parameter 'cycles'") as error:
+        studies.parameters("sculpt", params_file=path)
+    assert str(path) in str(error.value)
 
 
 @pytest.mark.parametrize("text, match", [
