@@ -261,7 +261,9 @@ def _fmt(value: float, unit: str) -> str:
     if not math.isfinite(value):
         return "n/a"
     digits = 1 if unit in ("%", "points") else 3
-    return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
+    if value != 0 and not 10 ** -digits <= abs(value) < 1e5:
+        return f"{value:.3g}"  # FLOPs, tiny barriers: three significant digits
+    return f"{value:.{digits}f}"
 
 
 def _unit(claim: Claim) -> str:
@@ -325,6 +327,7 @@ def table(results: list[Result], title: str = "What the data say") -> str:
             "</tr>")
     return (f"<h2>{html.escape(title)}</h2><p>{len(results)} claims: {summary}. Means over seeds with 95% t "
             f"confidence intervals; A − B is paired by seed.</p>"
+            "<style>.lotterylab-claims td, .lotterylab-claims th {text-align: left; vertical-align: top}</style>"
             f"<table class='lotterylab-claims'>{head}{''.join(rows)}</table>")
 
 
