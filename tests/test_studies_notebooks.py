@@ -1,16 +1,17 @@
 """Every study notebook executed at the smoke scale through `run_study`: its results.nc and its offline report."""
 
+import json
 import os
 import re
 
 import pytest
 
-from lotterylab import reports, results, studies
+from lotterylab import claims, grids, reports, results, studies
 
 EXPECTED_DIMS = {  # a discovered study missing here is still run and checked, with its dims and figures unpinned
     "cyclic_training": {"method", "schedule", "seed", "cycle", "epoch", "layer"},
     "layerwise_ratios": {"allocation", "sparsity", "seed", "cycle", "epoch", "layer"},
-    "label_noise": {"sparsity", "seed", "cycle", "epoch", "layer"},
+    "label_noise": {"noise", "sparsity", "seed", "cycle", "epoch", "layer"},
     "sculpt": {"method", "target", "seed", "cycle", "epoch", "layer"},
     "pruning_criteria": {"criterion", "target", "seed", "cycle", "epoch", "layer"},
     "pai_cyclic": {"criterion", "sparsity", "seed", "cycle", "epoch", "layer"},
@@ -80,6 +81,39 @@ def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
     assert "from lotterylab import" not in text  # code cells are hidden
     assert rest.count("git ") >= figures  # every figure has a caption with the revision
     assert len(text) < 2_500_000
+    assert text.index("What the data say") < text.index("Setup") < text.index("Bokeh.safely")  # report order
+
+    document = json.loads((out / claims.CLAIMS_FILE).read_text())
+    assert document["study"] == name and document["scale"] == "smoke" and document["claims"]
+    for claim in document["claims"]:
+        assert claim["verdict"] in claims.VERDICTS and claim["n_seeds"] == 1  # smoke: one seed, never a verdict
+        assert claim["verdict"] == "inconclusive" and claim["id"] in text
+
+
+@pytest.mark.slow
+def test_claims_json_agrees_with_results_nc_at_the_smoke_scale(roots, tmp_path):
+    import xarray as xr
+
+    params = tmp_path / "three_seeds.yaml"
+    params.write_text(f"extends: {studies.get('sculpt').params_file('smoke')}\nseeds: [0, 1, 2]\n")
+    html = studies.run_study("sculpt", params=params, reports_root=roots[0], runs_root=roots[1])
+    document = json.loads((html.parent / claims.CLAIMS_FILE).read_text())
+    with xr.open_dataset(html.parent / "results.nc", engine="h5netcdf") as dataset:
+        dataset = dataset.load()
+    reached = grids.at_stage(grids.cycle_end(dataset).test_acc, dataset.target_stage)
+    start = max(studies.parameters("sculpt", params_file=params).starts)
+    found = {claim["id"]: claim for claim in document["claims"]}
+    for target in dataset.target.values:
+        expected = claims.evaluate(claims.beats("x", "", "A", "B", "test accuracy (%)"),
+                                   100 * reached.sel({"method": f"sculpt_{start:g}", "target": target}),
+                                   100 * reached.sel({"method": "pai", "target": target}))
+        claim = found[f"sculpt_beats_pai_{target:g}"]
+        assert claim["n_seeds"] == 3 and claim["verdict"] == expected.verdict
+        assert claim["difference"]["mean"] == pytest.approx(expected.difference.mean, abs=1e-5)
+        assert claim["difference"]["ci95"] == pytest.approx([expected.difference.low, expected.difference.high],
+                                                           abs=1e-5)
+        means = [value["mean"] for value in claim["values"].values()]
+        assert means == pytest.approx([expected.values["A"].mean, expected.values["B"].mean], abs=1e-5)
 
 
 def test_a_failing_cell_is_one_line_naming_the_study_and_the_error(roots, monkeypatch):
