@@ -113,6 +113,8 @@ td.study span { display: block; font-weight: 400; color: #555; font-size: .9em; 
 .holds { background: #d8f0d8; color: #14501a; }
 .fails { background: #f6d5d5; color: #7a1010; }
 .inconclusive { background: #ececec; color: #444; }
+.verdict.zero { opacity: .4; }
+td.verdicts { white-space: nowrap; }
 .none { color: #888; font-style: italic; }
 code { font-size: .9em; }
 """
@@ -121,15 +123,15 @@ code { font-size: .9em; }
 def _verdicts(counts: dict[str, int] | None) -> str:
     if counts is None:
         return '<span class="none">no claims</span>'
-    return " ".join(f'<span class="verdict {verdict}" title="{verdict}">{counts[verdict]} {verdict}</span>'
-                    for verdict in VERDICTS)
+    return " ".join(f'<span class="verdict {verdict}{" zero" * (counts[verdict] == 0)}">{counts[verdict]} {verdict}'
+                    "</span>" for verdict in VERDICTS)
 
 
 def _row(entry: Entry) -> str:
     commit = f"<code>{html.escape(entry.commit[:10])}</code>" if entry.commit else '<span class="none">unknown</span>'
     figure = html.escape(entry.figure) if entry.figure else '<span class="none">—</span>'
     return (f'<tr><td class="study">{html.escape(entry.study)}<span>{html.escape(entry.description)}</span></td>'
-            f"<td>{figure}</td><td>{html.escape(entry.scale)}</td><td>{_verdicts(entry.verdicts)}</td>"
+            f'<td>{figure}</td><td>{html.escape(entry.scale)}</td><td class="verdicts">{_verdicts(entry.verdicts)}</td>'
             f'<td>{commit}</td><td><a href="{html.escape(entry.link)}">report</a></td></tr>')
 
 
