@@ -20,7 +20,7 @@ EXPECTED_DIMS = {  # a discovered study missing here is still run and checked, w
     "lmc_barriers": {"method", "seed", "cycle", "epoch", "layer", "cycle_pair", "alpha"},
     "sharpness": {"method", "schedule", "seed", "cycle", "epoch", "layer"},
 }
-FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 2, "sculpt": 2, "pruning_criteria": 1,
+FIGURES = {"cyclic_training": 3, "layerwise_ratios": 3, "label_noise": 3, "sculpt": 4, "pruning_criteria": 3,
            "pai_cyclic": 4, "coupling": 1, "sign_sufficiency": 3, "lmc_barriers": 3, "sharpness": 2}
 ANALYSES = {  # analysis results merged into the study's Dataset, with their dims
     "sign_sufficiency": {"global_sign_overlap": ("variant", "sparsity", "seed"), "lrr_test_acc": ("seed", "sparsity"),
@@ -30,6 +30,7 @@ ANALYSES = {  # analysis results merged into the study's Dataset, with their dim
                      "train_barrier": ("method", "seed", "cycle_pair"),
                      "test_barrier": ("method", "seed", "cycle_pair")},
     "sharpness": {"eigenvalue": ("method", "schedule", "seed", "cycle")},
+    "label_noise": {"noisy_train_acc": ("noise", "sparsity", "seed"), "clean_train_acc": ("noise", "sparsity", "seed")},
 }
 
 
@@ -62,7 +63,7 @@ def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
     with xr.open_dataset(out / "results.nc", engine="h5netcdf") as dataset:
         assert set(dataset.dims) == EXPECTED_DIMS.get(name, set(dataset.dims))
         assert {"cycle", "epoch"} <= set(dataset.dims)
-        for variable in (*results.METRICS, "layer_density", "epochs_per_cycle"):
+        for variable in (*results.METRICS, "layer_density", "collapsed", "epochs_per_cycle"):
             assert variable in dataset, variable
         assert bool(dataset.test_acc.notnull().any())
         for variable, dims in ANALYSES.get(name, {}).items():
