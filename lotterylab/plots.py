@@ -195,11 +195,13 @@ def _cell(mean: float, half: float, form: str) -> str:
 
 
 def _check_title(data, title: str) -> None:
-    """A table's title must name the quantity its values are: the data's LABELS entry, without the unit."""
+    """A table's title must name the quantity its values are: each of the first two words of the data's LABELS entry
+    begins some word of the title ("Train loss" fits "Training loss ..."; "Test accuracy" does not)."""
     name = getattr(data, "name", None)
     if name in LABELS:
-        words = LABELS[name].split(" (")[0].lower()
-        if words not in title.lower():
+        words = [word[:5].lower() for word in LABELS[name].split(" (")[0].split()[:2]]
+        found = [word.lower() for word in title.replace("(", " ").split()]
+        if not all(any(candidate.startswith(word) for candidate in found) for word in words):
             raise ValueError(f"table titled {title!r} shows {name} ({LABELS[name]}): title and values disagree")
 
 
@@ -277,16 +279,21 @@ def caption(dataset, what: str) -> str:
             f"(n = {seeds}); run {dataset.attrs['created']}, lotterylab git {dataset.attrs['git_revision'][:10]}.")
 
 
-def collapsed_points(dataset, dims: list[str]) -> str:
+def collapsed_points(dataset, dims: list[str], names: dict[Any, str] | None = None) -> str:
     """A sentence listing the points (over `dims`) where some seed's mask collapsed a layer (`collapsed` from
-    grids.collect), or saying that none did; figures draw them hollow."""
+    grids.collect), or saying that none did; figures draw them hollow. `names` gives coordinates their figure labels."""
     if "collapsed" not in dataset:
         return ""
     flags = dataset.collapsed.any([dim for dim in dataset.collapsed.dims if dim not in dims]).transpose(*dims)
-    hits = ["; ".join(f"{LABELS.get(dim, dim).split(' (')[0].lower()} {_axis_value(dim, flags[dim].values[i])}"
-                      for dim, i in zip(dims, where)) for where in np.argwhere(flags.values)]
+    def shown(dim: str, value: Any) -> str:
+        if names and value in names:
+            return names[value]
+        return f"{LABELS.get(dim, dim).split(' (')[0].lower()} {_axis_value(dim, value)}"
+
+    hits = [", ".join(shown(dim, flags[dim].values[i]) for dim, i in zip(dims, where))
+            for where in np.argwhere(flags.values)]
     threshold = dataset.attrs.get("collapse_threshold", 0.01)
     if not hits:
         return f"No layer fell below {100 * threshold:g}% of its weights in any run."
     return (f"Layer collapse (a layer keeps less than {100 * threshold:g}% of its weights in some seed's mask; "
-            f"drawn as hollow markers): {' | '.join(hits)}.")
+            f"drawn as hollow markers): {'; '.join(hits)}.")
