@@ -48,7 +48,7 @@ def trust(notebook: str | Path) -> None:
 
     notary = NotebookNotary()
     try:
-        notary.sign(nbformat.read(notebook, as_version=4))
+        notary.sign(nbformat.read(str(notebook), as_version=4))
     finally:
         notary.store.close()
 

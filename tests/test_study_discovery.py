@@ -216,6 +216,7 @@ def test_run_study_starts_a_fresh_plan(toy, tmp_path, monkeypatch):
     plans.record([], tmp_path / "old-runs", out)
     monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: None)
     monkeypatch.setattr("lotterylab.reports.render", lambda executed, html, title: html)
+    monkeypatch.setattr("lotterylab.reports.trust", lambda executed: None)  # nothing was executed to sign
     studies.run_study("toy", scale="smoke", reports_root=tmp_path / "reports", runs_root=tmp_path / "runs")
     assert not plans.plan_file(out).exists()  # the notebook did not run, so it recorded nothing
 
