@@ -81,14 +81,22 @@ def _results_commit(path: Path) -> str:
     return revision.decode() if isinstance(revision, bytes) else str(revision)
 
 
+UNCOMMITTED = ("smoke", "lab")
+"""Report folders .gitignore keeps out of the repository's reports/: its gallery never links them, so that the committed
+index holds no link a clone lacks (another reports root lists them)."""
+
+
 def entries(reports_root: str | Path) -> list[Entry]:
     """Every <study>/<scale>/report.html under `reports_root`: studies by name, scales in SCALES order, then others."""
     root = Path(reports_root)
     known = studies.discover()
     order = {scale: position for position, scale in enumerate(studies.SCALES)}
     found = []
+    in_checkout = root.resolve() == (studies.ROOT / "reports").resolve()
     for report in root.glob("*/*/report.html"):
         out = report.parent
+        if in_checkout and out.name in UNCOMMITTED:
+            continue
         study = known.get(out.parent.name)
         verdicts, commit = read_claims(claims_json(out)) if claims_json(out).is_file() else (None, "")
         found.append(Entry(study=out.parent.name, scale=out.name,

@@ -120,3 +120,15 @@ def test_malformed_claims_is_one_line_naming_the_file(reports, capsys, claims, m
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and match in error
     assert error.startswith(f"lotterylab: error: {reports / 'coupling' / 'cpu' / 'claims.json'}: ")
+
+
+def test_the_checkout_gallery_never_links_uncommitted_smoke_or_lab_reports(tmp_path, monkeypatch):
+    from lotterylab import studies
+
+    for scale in ("cpu", "smoke", "lab"):
+        folder = tmp_path / "reports" / "sculpt" / scale
+        folder.mkdir(parents=True)
+        (folder / "report.html").write_text("<html></html>")
+    assert {entry.scale for entry in gallery.entries(tmp_path / "reports")} == {"cpu", "smoke", "lab"}
+    monkeypatch.setattr(studies, "ROOT", tmp_path)  # as if tmp_path were the checkout
+    assert [entry.scale for entry in gallery.entries(tmp_path / "reports")] == ["cpu"]
