@@ -87,7 +87,7 @@ def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
     document = json.loads((out / claims.CLAIMS_FILE).read_text())
     assert document["study"] == name and document["scale"] == "smoke" and document["claims"]
     for claim in document["claims"]:
-        assert claim["verdict"] in claims.VERDICTS and claim["n_seeds"] == 1  # smoke: one seed, never a verdict
+        assert claim["verdict"] in claims.VERDICTS and claim["n_seeds"] < claims.MIN_SEEDS  # smoke: 1 or 2 seeds
         assert claim["verdict"] == "inconclusive" and claim["id"] in text
 
 
