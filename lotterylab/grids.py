@@ -168,6 +168,8 @@ def collect(points: Sequence[Point], runs_root: str | Path, attrs: dict[str, Any
         raise ValueError(f"collect: {len(missing)} runs are not finished, e.g. {missing[0]}; call run_all first")
     parts = [_point_dataset(point, run_dir) for point, run_dir in zip(points, run_dirs)]
     dataset = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop")
+    if "collapsed" in dataset:  # combinations not run are NaN after the merge: never flagged
+        dataset["collapsed"] = dataset.collapsed.fillna(False).astype(bool)
     first = points[0].config
     dataset.attrs = {
         "dataset": first.data.name,

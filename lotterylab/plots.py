@@ -10,7 +10,7 @@ from lotterylab import reports
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 LABELS = {
-    "cycles_trained": "LR cycles trained (levels for LRR/WR, counting the dense one)",
+    "cycles_trained": "LR cycles trained",
     "sparsity": "Sparsity (%)",
     "target": "Target sparsity (%)",
     "total_epoch": "Epoch (all cycles)",
@@ -35,9 +35,10 @@ LABELS = {
     "global_overlap": "Sign overlap with LRR (%)",
     "noisy_train_acc": "Train accuracy on noisy-labelled examples (%)",
     "clean_train_acc": "Train accuracy on clean examples (%)",
+    "source_sparsity": "Real sparsity of the LRR level used (%)",
 }
 PERCENT = {"test_acc", "train_acc", "sparsity", "target", "density", "layer_density", "global_overlap",
-           "noisy_train_acc", "clean_train_acc"}
+           "noisy_train_acc", "clean_train_acc", "source_sparsity"}
 """Quantities stored as fractions and shown in percent, in figures and tables alike."""
 DISCRETE = {"cycles_trained", "cycle_pair", "layer_index", "epochs_trained"}
 """Axes of whole numbers: ticks at the values plotted, never in between."""
@@ -104,7 +105,20 @@ def _opts(x: str, y: str, xs=None) -> dict[str, Any]:
     return options
 
 
-def band(data, x: str, y: str, label: str, color: str, over: str = "seed", hollow=None):
+def _bounded(y: str, low, high):
+    """A CI band of a percentage drawn within [0, 100], where the quantity lives (the mean always is)."""
+    if y in PERCENT:
+        return np.clip(low, 0.0, 100.0), np.clip(high, 0.0, 100.0)
+    return low, high
+
+
+def _stroke(index: int) -> dict[str, float]:
+    """Marker size and line width of the index-th series: each a little smaller than the one before, so that series
+    with equal values show as nested rings and stacked lines instead of hiding one another."""
+    return {"size": max(4.0, 11.0 - 1.5 * index), "line_width": max(1.0, 3.5 - 0.5 * index)}
+
+
+def band(data, x: str, y: str, label: str, color: str, over: str = "seed", hollow=None, index: int = 0):
     """Mean over `over` as a line with markers, the 95% CI of the mean as a shaded band; NaN points dropped.
     `hollow` (bool, dims of `data` without `over` or with it: any seed) draws those points as hollow markers, e.g.
     where a layer collapsed."""
@@ -114,8 +128,9 @@ def band(data, x: str, y: str, label: str, color: str, over: str = "seed", hollo
     mean, low, high = (_shown(y, np.asarray(v, dtype=float)) for v in (mean, low, high))
     xs = _shown(x, np.asarray(data[x].values, dtype=float))
     keep = np.isfinite(mean)
-    low, high = np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean)
+    low, high = _bounded(y, np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean))
     xdim, ydim = _dimension(x), _dimension(y)
+    stroke = _stroke(index)
     spread = hv.Area((xs[keep], low[keep], high[keep]), xdim, [ydim, f"{y}_high"], label=label)
     line = hv.Curve((xs[keep], mean[keep]), xdim, ydim, label=label)
     flagged = np.zeros_like(keep)
@@ -123,12 +138,13 @@ def band(data, x: str, y: str, label: str, color: str, over: str = "seed", hollo
         reduced = hollow.any(over) if over in hollow.dims else hollow
         flagged = np.asarray(reduced.transpose(x).values, dtype=bool)
     solid = keep & ~flagged
-    layers = (spread.opts(color=color, alpha=0.2, line_alpha=0) * line.opts(color=color, line_width=2)
+    layers = (spread.opts(color=color, alpha=0.2, line_alpha=0)
+              * line.opts(color=color, line_width=stroke["line_width"])
               * hv.Scatter((xs[solid], mean[solid]), xdim, ydim, label=label)
-              .opts(color=color, size=7, tools=["hover"]))
+              .opts(color=color, size=stroke["size"], tools=["hover"]))
     if (keep & flagged).any():
         layers = layers * hv.Scatter((xs[keep & flagged], mean[keep & flagged]), xdim, ydim).opts(
-            color="white", line_color=color, line_width=2, size=10, tools=["hover"])
+            color="white", line_color=color, line_width=2, size=stroke["size"] + 3, tools=["hover"])
     return layers
 
 
@@ -137,7 +153,7 @@ def bands(series: dict[str, Any], x: str, y: str, title: str, over: str = "seed"
     `hollow` maps a label to its flags (see `band`)."""
     import holoviews as hv
 
-    overlays = [band(data, x, y, label, PALETTE[index % len(PALETTE)], over, (hollow or {}).get(label))
+    overlays = [band(data, x, y, label, PALETTE[index % len(PALETTE)], over, (hollow or {}).get(label), index)
                 for index, (label, data) in enumerate(series.items()) if bool(data.notnull().any())]
     xs = np.concatenate([np.asarray(data[x].values, dtype=float).ravel() for data in series.values()])
     return hv.Overlay(overlays).opts(title=title, **_opts(x, y, xs))
@@ -174,7 +190,7 @@ def dots(series: dict[str, Any], x: str, y: str, title: str, over: str = "seed")
     for index, (label, data) in enumerate(series.items()):
         mean, low, high, _ = interval(data.transpose(x, over), over)
         mean, low, high = (_shown(y, np.asarray(v, dtype=float)) for v in (mean, low, high))
-        low, high = np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean)
+        low, high = _bounded(y, np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean))
         offset = (index - (count - 1) / 2) * 0.5 / count
         positions = np.asarray([categories.index(value) + offset for value in data[x].values], dtype=float)
         keep = np.isfinite(mean)
@@ -284,7 +300,8 @@ def collapsed_points(dataset, dims: list[str], names: dict[Any, str] | None = No
     grids.collect), or saying that none did; figures draw them hollow. `names` gives coordinates their figure labels."""
     if "collapsed" not in dataset:
         return ""
-    flags = dataset.collapsed.any([dim for dim in dataset.collapsed.dims if dim not in dims]).transpose(*dims)
+    flags = dataset.collapsed.fillna(False).astype(bool)  # NaN: a combination not run
+    flags = flags.any([dim for dim in flags.dims if dim not in dims]).transpose(*dims)
     def shown(dim: str, value: Any) -> str:
         if names and value in names:
             return names[value]

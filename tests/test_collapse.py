@@ -47,3 +47,15 @@ def test_collect_carries_the_flags(tmp_path):
     collected = grids.collect(points, tmp_path)
     assert collected.collapsed.dims == ("seed", "cycle", "layer")
     assert collected.collapsed.sel(layer=collected.layer.values[0]).all()
+
+
+def test_combinations_not_run_are_never_flagged(tmp_path):
+    base = erk_config(0.02).model_dump()
+    points = (grids.grid(base, {"allocation": {"erk": {}}, "sparsity": {0.98: {}}, "seed": grids.values("seed", [0])})
+              + grids.grid({**base, "mask": {**base["mask"], "sparsity": 0.0}},
+                           {"allocation": {"dense": {}}, "sparsity": {0.0: {}}, "seed": grids.values("seed", [0])}))
+    grids.run_all(points, tmp_path)
+    collected = grids.collect(points, tmp_path)
+    assert collected.collapsed.dtype == bool
+    assert not bool(collected.collapsed.sel(allocation="erk", sparsity=0.0).any())  # not run: NaN before the fix
+    assert bool(collected.collapsed.sel(allocation="erk", sparsity=0.98).any())
