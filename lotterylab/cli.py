@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from lotterylab import progress
 
-    progress.echo_log()  # INFO records (a sweep's summary line) are a command's output
     try:
-        return COMMANDS[args.command](args)
+        with progress.echo_log():  # INFO records (a sweep's summary line) are a command's output
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # one the command could not place: in analyze, or before a run or sweep started
         print("lotterylab: interrupted", file=sys.stderr)
         return 130

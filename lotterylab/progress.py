@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +109,20 @@ class _Echo(logging.Handler):
         print(self.format(record), flush=True)
 
 
-def echo_log() -> None:
-    """Print lotterylab's INFO records (a sweep's summary line) on stdout: a command's output, where a notebook, whose
-    kernel sets no logging up, shows none. Once per process."""
+@contextlib.contextmanager
+def echo_log() -> Iterator[None]:
+    """While a `lotterylab` command runs, print lotterylab's INFO records (a sweep's summary line) on stdout: a
+    command's output, where a notebook, whose kernel sets no logging up, shows none. The handler and level are
+    restored afterwards, so a process that goes on (a test session, a notebook calling cli.main) is left as it was."""
     logger = logging.getLogger("lotterylab")
-    if not any(isinstance(handler, _Echo) for handler in logger.handlers):
-        logger.addHandler(_Echo())
-        logger.setLevel(logging.INFO)
+    if any(isinstance(handler, _Echo) for handler in logger.handlers):  # nested: the outer command echoes already
+        yield
+        return
+    handler, level = _Echo(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

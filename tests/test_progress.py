@@ -72,3 +72,13 @@ def test_trust_signs_the_executed_notebook_for_this_user(tmp_path, monkeypatch):
         assert not notary.check_signature(notebook)
     finally:
         notary.store.close()
+
+
+def test_a_command_echoes_its_summary_and_leaves_the_process_as_it_was(tmp_path, capsys, caplog):
+    from lotterylab import cli
+
+    cli.main(["studies"])  # any command: the echo lasts while it runs
+    capsys.readouterr()
+    points = grids.grid(TINY, {"seed": grids.values("seed", [0]), **SHARED})
+    grids.run_all(points, tmp_path, show_progress=False)
+    assert capsys.readouterr().out == ""  # a later run_all in the same process prints nothing
