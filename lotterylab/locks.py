@@ -132,6 +132,10 @@ class RunLock:
             self._take_over(holder, reason)
         return True
 
+    def holder(self) -> dict | None:
+        """What the lock file records of its holder (pid, host, time), or None when there is no lock."""
+        return self._holder()
+
     def is_held(self) -> bool:
         """Whether a live holder has the lock now (it exists and is not stale); takes and changes nothing."""
         holder = self._holder()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ ROOT = SOURCE_TREE if (SOURCE_TREE / "pyproject.toml").is_file() and (SOURCE_TRE
 STUDY_PATH = "LOTTERYLAB_STUDIES"  # more folders of studies (each with notebooks/ and params/), os.pathsep-separated
 SCALES = ("smoke", "cpu", "gpu", "paper")
 INJECTED = ("output_dir", "runs_root")  # set by run_study, never by a params file
+STUDY_LOCK = "study.lock"  # in a report directory while `lotterylab study` writes it
 SCALE = "scale"  # a notebook whose parameters cell has it reads every value from a params file (`parameters`)
 SCALE_MODE = (SCALE, "params_file", "overrides", *INJECTED)  # that cell's names; injected by run_study
 OPTIONAL = {"deviations": [], "executor": None}  # parameters a params file may leave out, with their values
@@ -305,7 +307,7 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from lotterylab import executors, gallery, plans, reports
+    from lotterylab import executors, gallery, locks, plans, reports
 
     study = get(name)
     params_file = resolve_params(study, params, scale)
@@ -323,20 +325,29 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     out = report_dir(reports_root, name, params_file.stem).resolve()
     executed = executed_notebook(out, name)
     executed.parent.mkdir(parents=True, exist_ok=True)
-    plans.plan_file(out).unlink(missing_ok=True)
-    injected = {"output_dir": str(out), "runs_root": str(Path(runs_root).resolve())}
-    if scale_mode:  # the notebook reads the file itself (`parameters`); only where and what replaces travel
-        values = {SCALE: params_file.stem, "params_file": str(params_file.resolve()), "overrides": overrides}
+    # One writer per report directory: a second `lotterylab study` of the same study and scale would write the same
+    # results.nc and notebook at once. A crashed holder's lock (dead pid, this host) is taken over.
+    lock = locks.RunLock(out / STUDY_LOCK, stale_after=math.inf)
+    if not lock.try_acquire():
+        raise StudyError(f"{lock.path}: another `lotterylab study` is writing this report (holder {lock.holder()}); "
+                         f"wait for it to finish, or give another --reports")
     try:
-        papermill.execute_notebook(study.notebook, executed, parameters={**values, **injected}, cwd=str(study.root),
-                                   progress_bar=False, log_output=False)
-    except PapermillExecutionError as error:
-        message = str(error.evalue).splitlines()[0] if error.evalue else ""
-        raise StudyError(f"{name} ({params_file}): {error.ename}: {message} (see {executed})") from None
-    reports.trust(executed)  # signed as written, so that JupyterLab shows its plots
-    plans.finish(out)
-    html = reports.render(executed, report_html(out), title=f"{name} · {params_file.stem}")
-    gallery.write(reports_root)  # reports/index.html lists this report too
+        plans.plan_file(out).unlink(missing_ok=True)
+        injected = {"output_dir": str(out), "runs_root": str(Path(runs_root).resolve())}
+        if scale_mode:  # the notebook reads the file itself (`parameters`); only where and what replaces travel
+            values = {SCALE: params_file.stem, "params_file": str(params_file.resolve()), "overrides": overrides}
+        try:
+            papermill.execute_notebook(study.notebook, executed, parameters={**values, **injected},
+                                       cwd=str(study.root), progress_bar=False, log_output=False)
+        except PapermillExecutionError as error:
+            message = str(error.evalue).splitlines()[0] if error.evalue else ""
+            raise StudyError(f"{name} ({params_file}): {error.ename}: {message} (see {executed})") from None
+        reports.trust(executed)  # signed as written, so that JupyterLab shows its plots
+        plans.finish(out)
+        html = reports.render(executed, report_html(out), title=f"{name} · {params_file.stem}")
+        gallery.write(reports_root)  # reports/index.html lists this report too
+    finally:
+        lock.release()
     return html
 
 

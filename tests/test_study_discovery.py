@@ -221,6 +221,23 @@ def test_run_study_starts_a_fresh_plan(toy, tmp_path, monkeypatch):
     assert not plans.plan_file(out).exists()  # the notebook did not run, so it recorded nothing
 
 
+def test_a_report_being_written_refuses_a_second_writer_in_one_line(toy, tmp_path, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: None)
+    monkeypatch.setattr("lotterylab.reports.render", lambda executed, html, title: html)
+    monkeypatch.setattr("lotterylab.reports.trust", lambda executed: None)
+    out = studies.report_dir(tmp_path / "reports", "toy", "smoke")
+    out.mkdir(parents=True)
+    arguments = {"scale": "smoke", "reports_root": tmp_path / "reports", "runs_root": tmp_path / "runs"}
+    with locks.RunLock(out / studies.STUDY_LOCK):  # this live process writes the report
+        with pytest.raises(StudyError, match=r"study.lock: another `lotterylab study` is writing this report") as error:
+            studies.run_study("toy", **arguments)
+        assert "\n" not in str(error.value)
+    studies.run_study("toy", **arguments)  # released: the next writer proceeds, and releases in turn
+    assert not (out / studies.STUDY_LOCK).exists()
+
+
 @pytest.mark.parametrize("layout, match", [
     ({"notebooks/plain.ipynb": {}}, r"plain.ipynb: no metadata.lotterylab.description; every notebook in notebooks/ "
                                     r"is a study"),
