@@ -4,7 +4,7 @@ They stay at the repository root, where README, DESIGN, the tests and `lotteryla
 them, so they belong to no package and setuptools' package-data cannot reach them (it only takes files inside a
 package folder; data-files would scatter them under the environment's prefix, where no code looks). build_py runs for
 every wheel, whether pip builds it from the checkout or from the sdist (MANIFEST.in puts both folders there), so it
-copies them into the build tree next to the modules. `lotterylab.studies` reads the checkout when it runs from one,
+copies them into the build tree next to the modules. `lotterylab.studies.catalog` reads the checkout when it runs from one,
 and this copy otherwise. An editable install runs from the checkout and needs no copy.
 Everything else about the package is in pyproject.toml.
 """

@@ -21,9 +21,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lotterylab import config, data, models, results
-from lotterylab.schedules import lr_at
-from lotterylab.train import Trainer, resolve_device
+from lotterylab.core import config, data, models
+from lotterylab.core.schedules import lr_at
+from lotterylab.training import results
+from lotterylab.training.train import Trainer, resolve_device
 
 RAW = {"data": {"name": "mnist1d", "batch_size": 128}, "model": {"name": "mlp", "width": 256, "depth": 2},
        "train": {"progress": False}}

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gpu_memory import peak_mib, reset_peak
 from PIL import Image
 
-from gpu_memory import peak_mib, reset_peak
-from lotterylab import config, data, imagenet, models
-from lotterylab.train import Trainer, resolve_device
+from lotterylab.core import config, data, imagenet, models
+from lotterylab.training.train import Trainer, resolve_device
 
 CLASSES = 10  # folders; the model still has 1000 outputs
 

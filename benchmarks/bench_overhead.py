@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
-from lotterylab import config, data, results
+from lotterylab.core import config, data
+from lotterylab.training import results
 
 ROOT = Path(__file__).resolve().parent.parent
 

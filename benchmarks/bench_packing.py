@@ -6,7 +6,7 @@ ratio to one solo run measured in the same process, and the peak CUDA memory of 
 torch.cuda.max_memory_allocated; null on CPU). Modes:
 - `solo`: one run alone (the baseline, K = 1);
 - `sequential`: K trainers in turn, each a whole epoch (what a study does without packing);
-- `vmap`: lotterylab.packing.Pack, the K runs as one vmapped model;
+- `vmap`: lotterylab.training.packing.Pack, the K runs as one vmapped model;
 - `streams` (CUDA only): K trainers interleaved step by step, each on its own CUDA stream.
 
     python benchmarks/bench_packing.py --model mlp                      # MNIST-1D, CPU-sized
@@ -20,10 +20,11 @@ import json
 import time
 
 import torch
-
 from gpu_memory import peak_mib, reset_peak
-from lotterylab import config, data, models, packing, results
-from lotterylab.train import Trainer, resolve_device
+
+from lotterylab.core import config, data, models
+from lotterylab.training import packing, results
+from lotterylab.training.train import Trainer, resolve_device
 
 PRESETS = {
     "mlp": {"data": {"name": "mnist1d", "batch_size": 128}, "model": {"name": "mlp", "width": 256, "depth": 2}},

@@ -30,10 +30,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from gpu_memory import peak_mib, reset_peak
-from lotterylab import config, data, models
-from lotterylab.train import Trainer, resolve_device
+
+from lotterylab.core import config, data, models
+from lotterylab.training.train import Trainer, resolve_device
 
 BATCH = 512
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

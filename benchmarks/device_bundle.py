@@ -96,7 +96,7 @@ def copy_fashion_mnist(source: Path, target: Path, train_examples: int) -> None:
 
 def mnist1d_cache(data_root: Path) -> None:
     """Generate (or reuse) the MNIST-1D split where lotterylab's loader looks for it under data.root."""
-    from lotterylab import config, data
+    from lotterylab.core import config, data
 
     data.load(config.DataConfig(name="mnist1d", root=str(data_root)), seed=0)
 

@@ -7,7 +7,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 EXECUTOR_HELP = "local, slurm, or a YAML file with an executor section (e.g. params/executors/slurm.yaml): use it"
 
 
@@ -22,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs", help="root directory of run directories (default: runs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set schedule.epochs=5 (repeatable)")
-    from lotterylab import analyze
+    from lotterylab.analysis import analyze
 
     analyze.add_parser(commands)
     study = commands.add_parser("study", help="execute a study notebook with papermill and render its offline report")
@@ -52,9 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 def _failures() -> tuple[type[Exception], ...]:
     """What a command ends on with one line naming the field or file: ConfigError, StudyError, AnalysisError and
     MaskError are ValueErrors; WriteError is a durable write that failed (a full disk)."""
-    from lotterylab.checkpoint import CheckpointError, WriteError
-    from lotterylab.executors import JobFailed
-    from lotterylab.train import DivergenceError
+    from lotterylab.training.checkpoint import CheckpointError, WriteError
+    from lotterylab.training.executors import JobFailed
+    from lotterylab.training.train import DivergenceError
 
     return ValueError, CheckpointError, WriteError, DivergenceError, JobFailed
 
@@ -65,13 +64,15 @@ def _interrupted(where: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lotterylab import config, distributed, runs
+    from lotterylab.core import config, distributed
+    from lotterylab.training import runs
 
     cfg = config.load(args.config, args.overrides)
     try:
         run_dir = runs.run(cfg, args.out)
     except KeyboardInterrupt:
-        from lotterylab import executors, paths
+        from lotterylab.core import paths
+        from lotterylab.training import executors
 
         if not distributed.is_main():  # under torchrun, one line for the whole run
             return 130
@@ -83,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from lotterylab import grids, sweeps
+    from lotterylab.studies import grids, sweeps
 
     sweep = sweeps.load(args.params, args.executor)
     try:
@@ -95,14 +96,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from lotterylab import studies
+    from lotterylab.studies import catalog, runner
 
     if args.command == "studies":
-        for study in studies.STUDIES.values():
+        for study in catalog.STUDIES.values():
             print(f"{study.name:<18} {study.summary}")
         return 0
     try:
-        report = studies.run_study(args.name, args.params, args.scale, args.reports, args.runs, args.executor)
+        report = runner.run_study(args.name, args.params, args.scale, args.reports, args.runs, args.executor)
     except KeyboardInterrupt:
         return _interrupted(f"during study {args.name}")
     print(report)
@@ -110,21 +111,21 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lotterylab import studies
+    from lotterylab.studies import runner
 
-    print(studies.status(args.name, args.params, args.scale, args.reports, args.runs))
+    print(runner.status(args.name, args.params, args.scale, args.reports, args.runs))
     return 0
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from lotterylab import gallery
+    from lotterylab.studies import gallery
 
     print(gallery.write(args.reports))
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from lotterylab import analyze
+    from lotterylab.analysis import analyze
 
     print(analyze.main(args))
     return 0
@@ -136,7 +137,7 @@ COMMANDS = {"run": _run, "sweep": _sweep, "study": _study, "studies": _study, "s
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from lotterylab import progress
+    from lotterylab.training import progress
 
     try:
         with progress.echo_log():  # INFO records (a sweep's summary line) are a command's output

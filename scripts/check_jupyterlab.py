@@ -87,14 +87,14 @@ def smoke_copy(study: str, runs_root: Path, output_dir: Path) -> Any:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    from lotterylab import studies
+    from lotterylab.studies import catalog
 
-    found = studies.get(study)
-    defaults = studies.notebook_parameters(found.notebook)
+    found = catalog.get(study)
+    defaults = catalog.notebook_parameters(found.notebook)
     if "scale" in defaults:
         values: dict[str, Any] = {"scale": "smoke"}
     else:  # a parameters cell of literals: the smoke file's values
-        values = studies.load_params(found.params_file("smoke"), defaults, [found.root / "params"])
+        values = catalog.load_params(found.params_file("smoke"), defaults, [found.root / "params"])
     values.update({name: str(path) for name, path in (("runs_root", runs_root), ("output_dir", output_dir))
                    if name in defaults})
     return parameterize_notebook(load_notebook_node(str(found.notebook)), values)
@@ -312,7 +312,7 @@ def main() -> int:
     import nbformat
     from playwright.sync_api import sync_playwright
 
-    from lotterylab import studies
+    from lotterylab.studies import catalog
 
     work = Path(tempfile.mkdtemp(prefix="lotterylab-lab-"))
     lab_root, shots = work / "lab", work / "screenshots"
@@ -322,7 +322,7 @@ def main() -> int:
     print(f"network: {'own namespace, loopback only' if isolated else 'requests outside 127.0.0.1 aborted'}; "
           f"work: {work}", flush=True)
     committed = f"notebooks/{args.study}.ipynb"
-    shutil.copyfile(studies.get(args.study).notebook, lab_root / committed)
+    shutil.copyfile(catalog.get(args.study).notebook, lab_root / committed)
     smoke = f"notebooks/{args.study}_smoke.ipynb"
     nbformat.write(smoke_copy(args.study, work / "runs-lab", work / "out-lab"), lab_root / smoke)
     study = subprocess.run([sys.executable, "-m", "lotterylab.cli", "study", args.study, "--scale", "smoke",

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from lotterylab import checkpoint
+from lotterylab.training import checkpoint
 
 
 class Faults:

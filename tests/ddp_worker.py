@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from lotterylab import config, distributed, methods, runs
+from lotterylab.core import config, distributed
+from lotterylab.training import methods, runs
 
 
 class Recorder:

@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lotterylab import cli, config, data, lmc, models, paths, runs, sharpness, signs
-from lotterylab.config import DataConfig, ModelConfig
+from lotterylab import cli
+from lotterylab.analysis import lmc, sharpness, signs
+from lotterylab.core import config, data, models, paths
+from lotterylab.core.config import DataConfig, ModelConfig
+from lotterylab.training import runs
 
 
 def vectors(train_size: int = 256) -> data.Data:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lotterylab import sharpness
+from lotterylab.analysis import sharpness
 
 
 def tiny_model_and_batches() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -94,7 +94,7 @@ def test_top_eigenvalue_matches_pyhessian_on_an_unmasked_mlp_on_mnist1d():
     """PyHessian (a dev dependency) as the reference: it cannot restrict to a mask, so the net is unmasked."""
     from pyhessian import hessian
 
-    from lotterylab import config, data, models
+    from lotterylab.core import config, data, models
 
     cfg = config.from_dict({"data": {"name": "mnist1d", "train_size": 512, "test_size": 128},
                             "model": {"name": "mlp", "width": 32, "depth": 1}})

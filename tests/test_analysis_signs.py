@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lotterylab import signs
+from lotterylab.analysis import signs
 
 A = {"fc1.weight": torch.tensor([[1.0, -2.0], [3.0, -4.0]]), "fc2.weight": torch.tensor([0.5, -0.5, 0.1])}
 B = {"fc1.weight": torch.tensor([[-1.0, -2.0], [3.0, 4.0]]), "fc2.weight": torch.tensor([0.2, 0.3, -0.1])}

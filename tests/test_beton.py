@@ -1,4 +1,4 @@
-"""Tests of lotterylab.beton on tiny .beton files written by ffcv's own DatasetWriter (the real on-disk format)."""
+"""Tests of lotterylab.core.beton on tiny .beton files written by ffcv's own DatasetWriter (the real on-disk format)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lotterylab import data, imagenet
-from lotterylab.config import ConfigError, DataConfig
+from lotterylab.core import data, imagenet
+from lotterylab.core.config import ConfigError, DataConfig
 
 _threads = torch.get_num_threads()
 ffcv = pytest.importorskip("ffcv", reason="ffcv is not installed (the `imagenet` extra)")

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from lotterylab import gallery
+from lotterylab.studies import gallery
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = Path("/usr/bin/chromium")

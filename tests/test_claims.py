@@ -1,4 +1,4 @@
-"""The decision rules of lotterylab.claims on literal cases, the CI arithmetic against scipy, and claims.json."""
+"""The decision rules of lotterylab.studies.claims on literal cases, the CI arithmetic against scipy, and claims.json."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lotterylab import claims
+from lotterylab.studies import claims
 
 BEATS = claims.beats("a_beats_b", "A beats B.", "A", "B", "test accuracy (%)", "98% sparsity")
 LOWER = claims.beats("a_flatter", "A is flatter.", "A", "B", "top eigenvalue", lower_is_better=True)

@@ -3,7 +3,9 @@ one warning line; grids.collect carries the flags into a study's dataset."""
 
 import numpy as np
 
-from lotterylab import config, grids, results, runs
+from lotterylab.core import config
+from lotterylab.studies import grids
+from lotterylab.training import results, runs
 
 
 def erk_config(threshold: float) -> config.Config:

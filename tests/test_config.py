@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from lotterylab import config
-from lotterylab.config import Config, ConfigError
+from lotterylab.core import config
+from lotterylab.core.config import Config, ConfigError
 
 
 def test_unknown_key_names_the_field():
@@ -125,7 +125,8 @@ def test_each_method_owns_its_options_and_old_full_configs_still_load():
     it loads to the same run. A field of another method set away from its default is an unknown key."""
     from pathlib import Path
 
-    from lotterylab import method_options, methods
+    from lotterylab.core import method_options
+    from lotterylab.training import methods
 
     assert set(method_options.OPTIONS) == set(methods.METHODS)
     kept = next((Path(__file__).parent / "data" / "runs").iterdir())

@@ -3,10 +3,11 @@
 import pytest
 import torch
 import yaml
-
-from lotterylab import checkpoint, config, coupling, paths, results, runs
-from lotterylab.config import ConfigError
 from test_runs import tiny
+
+from lotterylab.core import config, paths
+from lotterylab.core.config import ConfigError
+from lotterylab.training import checkpoint, results, runs
 
 
 def lrr() -> config.Config:
@@ -93,7 +94,7 @@ def test_building_a_coupled_run_never_trains_its_source(tmp_path):
     with pytest.raises(ConfigError, match="is a config, not a run: plan the coupled run first"):
         runs.RunDriver(cfg, tmp_path / "runs", paths.run_dir(tmp_path / "runs", cfg.run_hash()))
     assert not paths.run_dir(tmp_path / "runs", lrr().run_hash()).exists()
-    planned = coupling.plan(cfg, tmp_path / "runs")
+    planned = runs.plan_coupled(cfg, tmp_path / "runs")
     assert results.is_complete(paths.run_dir(tmp_path / "runs", lrr().run_hash()))
     assert planned.method.source == str(paths.run_dir(tmp_path / "runs", lrr().run_hash()))
     assert planned.run_hash() == cfg.run_hash()

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from crash_worker import Faults
-from lotterylab import cli, paths, results
 from test_runs import tiny
+
+from lotterylab import cli
+from lotterylab.core import paths
+from lotterylab.training import results
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(stale lock|rebuilt|retraining|rewritten):UserWarning")
 

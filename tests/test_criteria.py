@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lotterylab import masks
-from lotterylab.config import DataConfig, MaskConfig
-from lotterylab.criteria import CRITERIA, grasp_scores, snip_scores, synflow_scores
-from lotterylab.data import Data, TensorSplit, load
+from lotterylab.core.config import DataConfig, MaskConfig
+from lotterylab.core.data import Data, TensorSplit, load
+from lotterylab.pruning import masks
+from lotterylab.pruning.criteria import CRITERIA, grasp_scores, snip_scores, synflow_scores
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of lotterylab.data: loaders on tiny on-disk datasets, subsets, label noise, batching and augmentation."""
+"""Tests of lotterylab.core.data: loaders on tiny on-disk datasets, subsets, label noise, batching and augmentation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lotterylab import data, imagenet
-from lotterylab.config import ConfigError, DataConfig
+from lotterylab.core import data, imagenet
+from lotterylab.core.config import ConfigError, DataConfig
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -10,11 +10,12 @@ import os
 
 import pytest
 import torch
-
-from lotterylab import config, data, models, packing, results, runs
-from lotterylab.train import Trainer
 from test_packing import as_float64, assert_runs_close, last_weights
 from test_runs import Crash, assert_states_equal, final_state, tiny
+
+from lotterylab.core import config, data, models
+from lotterylab.training import packing, results, runs
+from lotterylab.training.train import Trainer
 
 DEVICE = torch.device(os.environ.get("LOTTERYLAB_TEST_DEVICE", "cuda"))
 pytestmark = [

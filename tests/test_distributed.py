@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from lotterylab import checkpoint, config, distributed, paths, results, runs
-from lotterylab.data import TensorSplit
+from lotterylab.core import config, distributed, paths
+from lotterylab.core.data import TensorSplit
+from lotterylab.training import checkpoint, results, runs
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TOLERANCE = 1e-5

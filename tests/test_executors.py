@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from lotterylab import cli, executors, grids, results
-from lotterylab.config import ConfigError
 from test_locks import TINY
+
+from lotterylab import cli
+from lotterylab.core.config import ConfigError
+from lotterylab.studies import grids
+from lotterylab.training import executors, results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,7 +149,9 @@ def test_slurm_executor_submits_nothing_for_finished_runs(tmp_path, caplog):
 COUNTED_SWEEP = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from lotterylab import checkpoint, cli, paths
+    from lotterylab import cli
+    from lotterylab.core import paths
+    from lotterylab.training import checkpoint
 
     log, go, params, runs_root = sys.argv[1:]
     write = checkpoint.atomic_write

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from lotterylab import data, executors, grids, locks, paths, results, runs
+from lotterylab.core import data, paths
+from lotterylab.studies import grids
+from lotterylab.training import executors, locks, results, runs
 
 SBIN = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin"
 BINARIES = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo"]

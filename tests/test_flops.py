@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from test_runs import tiny
 from torch import nn
 
-from lotterylab import flops, results, runs
-from test_runs import tiny
+from lotterylab.pruning import flops
+from lotterylab.training import results, runs
 
 
 def test_layer_macs_are_weights_times_positions():

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from lotterylab import cli, gallery, studies
+from lotterylab import cli
+from lotterylab.studies import catalog as studies
+from lotterylab.studies import gallery
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -123,7 +125,7 @@ def test_malformed_claims_is_one_line_naming_the_file(reports, capsys, claims, m
 
 
 def test_the_checkout_gallery_never_links_uncommitted_smoke_or_lab_reports(tmp_path, monkeypatch):
-    from lotterylab import studies
+    from lotterylab.studies import catalog as studies
 
     for scale in ("cpu", "smoke", "lab"):
         folder = tmp_path / "reports" / "sculpt" / scale

@@ -2,9 +2,9 @@
 coupled run hashes its source by the source's run hash, not its path."""
 
 from pydantic import BaseModel
-
-from lotterylab import config, hashing
 from test_runs import tiny
+
+from lotterylab.core import config, hashing
 
 
 def test_every_hashed_field_has_a_pinned_default():

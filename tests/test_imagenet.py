@@ -1,4 +1,4 @@
-"""Tests of lotterylab.imagenet: ImageFolder JPEGs decoded on the device (or by PIL), crops, seeding and bad files."""
+"""Tests of lotterylab.core.imagenet: ImageFolder JPEGs decoded on the device (or by PIL), crops, seeding and bad files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lotterylab import data, imagenet
-from lotterylab.config import DataConfig
+from lotterylab.core import data, imagenet
+from lotterylab.core.config import DataConfig
 
 CLASSES = {"n01": 0, "n02": 2}  # folder -> the channel at 255 in its images
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

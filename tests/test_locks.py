@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lotterylab import data, grids, locks, paths, results, runs
+from lotterylab.core import data, paths
+from lotterylab.studies import grids
+from lotterylab.training import locks, results, runs
 
 TESTS = os.path.dirname(__file__)
 TINY = {
@@ -35,7 +37,7 @@ def _script(out: Path, seed: int, starts: Path, go: Path) -> str:
         import os, pathlib, sys, time
         sys.path.insert(0, {TESTS!r})
         from test_locks import _points
-        from lotterylab import runs
+        from lotterylab.training import runs
 
         class Started:
             def on_step(self, trainer, stage, epoch, step):

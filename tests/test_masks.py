@@ -5,11 +5,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from lotterylab import masks, models
-from lotterylab.config import DataConfig, MaskConfig, ModelConfig
-from lotterylab.criteria import CRITERIA, score
-from lotterylab.data import load
-from lotterylab.masks import ALLOCATIONS, MaskError
+from lotterylab.core import models
+from lotterylab.core.config import DataConfig, MaskConfig, ModelConfig
+from lotterylab.core.data import load
+from lotterylab.pruning import masks
+from lotterylab.pruning.criteria import CRITERIA, score
+from lotterylab.pruning.masks import ALLOCATIONS, MaskError
 
 
 @pytest.fixture(scope="module")

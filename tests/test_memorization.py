@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from lotterylab import config, data, loading, memorization, runs
+from lotterylab.analysis import loading, memorization
+from lotterylab.core import config, data
+from lotterylab.training import runs
 
 
 def noisy_run(tmp_path, noise):

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from test_runs import Crash, assert_states_equal, tiny
 from torch.nn.utils import prune
 
-from lotterylab import checkpoint, config, data, methods, models, paths, results, runs
-from lotterylab.train import Trainer
-from test_runs import Crash, assert_states_equal, tiny
+from lotterylab.core import config, data, models, paths
+from lotterylab.training import checkpoint, methods, results, runs
+from lotterylab.training.train import Trainer
 
 
 def test_level_densities_prune_a_fraction_of_what_remains_and_land_on_the_target():
@@ -50,7 +51,7 @@ def test_each_level_starts_from_the_right_weights(method):
 
 
 def masks_density(trainer: Trainer) -> float:
-    from lotterylab import masks
+    from lotterylab.pruning import masks
 
     return masks.density(trainer.mask)
 

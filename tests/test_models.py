@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from lotterylab.config import ModelConfig
-from lotterylab.masks import PRUNABLE_TYPES
-from lotterylab.models import MODELS, build, init_weights
+from lotterylab.core.config import ModelConfig
+from lotterylab.core.models import MODELS, build, init_weights
+from lotterylab.pruning.masks import PRUNABLE_TYPES
 
 # Natural example shapes, kept small (ImageNet models at 64x64) so that the suite runs in seconds on a CPU.
 NATURAL_SHAPES: dict[str, tuple[int, ...]] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lotterylab import notebook_files
+from lotterylab.studies import notebook_files
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 

@@ -15,10 +15,13 @@ from pathlib import Path
 import papermill
 import pytest
 import yaml
-
-from lotterylab import analyze, checkpoint, cli, config, hashing, method_options, paths, results, runs
-from lotterylab.config import Config
 from test_runs import Crash  # raises KeyboardInterrupt at one step: Ctrl-C in process
+
+from lotterylab import cli
+from lotterylab.analysis import analyze
+from lotterylab.core import config, hashing, method_options, paths
+from lotterylab.core.config import Config
+from lotterylab.training import checkpoint, results, runs
 
 TINY = {
     "data": {"name": "mnist1d", "train_size": 256, "test_size": 64, "batch_size": 32},
@@ -222,7 +225,8 @@ def test_interrupted_study_and_analysis_are_one_line(tmp_path, capsys, monkeypat
 # handler is installed as in a terminal: a test run started in the background would pass its child SIGINT ignored.
 HELD_RUN = textwrap.dedent("""
     import signal, sys, time
-    from lotterylab import cli, runs
+    from lotterylab import cli
+    from lotterylab.training import runs
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from lotterylab import checkpoint, data, locks, models, packing, paths, results, runs
-from lotterylab.train import DivergenceError, Trainer
 from test_runs import tiny
+
+from lotterylab.core import data, models, paths
+from lotterylab.training import checkpoint, locks, packing, results, runs
+from lotterylab.training.train import DivergenceError, Trainer
 
 RTOL = 1e-4
 """Relative tolerance on final weights after 6–8 epochs of an MLP; vmap batches matmuls differently, so results agree
@@ -220,7 +221,7 @@ def test_run_many_packs_only_runs_with_equal_keys_in_chunks_of_max_pack(tmp_path
 
 
 def test_the_study_runner_packs_through_the_local_executor(tmp_path, monkeypatch):
-    from lotterylab import grids
+    from lotterylab.studies import grids
 
     chunks = []
     original = packing.train_packed

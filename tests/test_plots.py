@@ -1,11 +1,11 @@
-"""Figure and table rules of lotterylab.plots that every study gets: 95% t intervals, titles checked against the
+"""Figure and table rules of lotterylab.studies.plots that every study gets: 95% t intervals, titles checked against the
 quantity, percent, integer ticks, legends outside, and the sentence listing collapsed points."""
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from lotterylab import plots
+from lotterylab.studies import plots
 
 
 def per_seed(values, **coords):

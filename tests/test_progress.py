@@ -6,9 +6,10 @@ import sys
 import types
 
 import pytest
-
-from lotterylab import grids, progress, reports
 from test_locks import TINY
+
+from lotterylab.studies import grids, reports
+from lotterylab.training import progress
 
 SHARED = {"target": {0.8: {}, 0.9: {}}}  # two points, one run: a SCULPT run serves every target
 
@@ -18,7 +19,7 @@ def test_summary_counts_run_directories_and_goes_to_the_log_not_the_output(tmp_p
     caplog.set_level(logging.INFO, logger="lotterylab")
     grids.run_all(points, tmp_path, show_progress=False)
     grids.run_all(points[:2], tmp_path, show_progress=False)
-    summaries = [record.getMessage() for record in caplog.records if record.name == "lotterylab.grids"]
+    summaries = [record.getMessage() for record in caplog.records if record.name == "lotterylab.studies.grids"]
     assert summaries[0].startswith("2 runs for 4 points: 2 trained, 0 reused, ")
     assert summaries[1].startswith("1 runs for 2 points: 0 trained, 1 reused, ")
     assert capsys.readouterr() == ("", "")  # nothing on the page of a notebook that calls run_all

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from lotterylab import masks, ratios
-from lotterylab.masks import MaskError
+from lotterylab.pruning import masks, ratios
+from lotterylab.pruning.masks import MaskError
 
 SHAPES = {"a": torch.Size([10, 10]), "b": torch.Size([10, 1000])}  # n = 100 and 10_000, N = 10_100
 

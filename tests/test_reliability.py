@@ -13,10 +13,13 @@ import papermill
 import pytest
 import torch
 from papermill.parameterize import parameterize_notebook
-
-from lotterylab import checkpoint, paths, results, runs, studies
-from lotterylab.studies import StudyError
 from test_runs import Crash, assert_states_equal, final_state, tiny
+
+from lotterylab.core import paths
+from lotterylab.studies import catalog as studies
+from lotterylab.studies import runner
+from lotterylab.studies.catalog import StudyError
+from lotterylab.training import checkpoint, results, runs
 
 TESTS = os.path.dirname(__file__)
 TARGET = "stage001-epoch0002.pt"  # the checkpoint whose write fails
@@ -58,7 +61,7 @@ def test_sigkill_inside_os_replace_leaves_a_temp_file_that_resume_ignores(refere
         import os, signal, sys
         sys.path.insert(0, {TESTS!r})
         from test_runs import tiny
-        from lotterylab import runs
+        from lotterylab.training import runs
 
         real = os.replace
         def replace(source, target):
@@ -132,7 +135,7 @@ def test_injected_parameter_names_are_refused_before_papermill_runs(tmp_path, mo
     params.write_text(f"{json.dumps(name)}: 1\n")
     monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("papermill ran"))
     with pytest.raises(StudyError, match="is not a plain identifier"):
-        studies.run_study("label_noise", params=params, reports_root=tmp_path, runs_root=tmp_path)
+        runner.run_study("label_noise", params=params, reports_root=tmp_path, runs_root=tmp_path)
 
 
 def test_code_in_a_string_value_stays_data_when_injected(tmp_path):

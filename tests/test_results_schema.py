@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from lotterylab import checkpoint, grids, paths, results, runs
 from test_runs import tiny
+
+from lotterylab.core import paths
+from lotterylab.studies import grids
+from lotterylab.training import checkpoint, results, runs
 
 KEPT = Path(__file__).parent / "data" / "runs"  # a run directory written by lotterylab at results schema 2
 KEPT_BASE = {"data": {"name": "mnist1d", "batch_size": 32, "train_size": 64, "test_size": 32},

@@ -6,11 +6,13 @@ import shutil
 import time
 
 import pytest
-
-from lotterylab import checkpoint, cli, config, locks, paths, results, runs
-from lotterylab.config import ConfigError
 from test_coupling import coupled, lrr
 from test_runs import tiny
+
+from lotterylab import cli
+from lotterylab.core import config, paths
+from lotterylab.core.config import ConfigError
+from lotterylab.training import checkpoint, locks, results, runs
 
 
 @pytest.fixture(scope="module")

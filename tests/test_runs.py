@@ -10,9 +10,10 @@ import textwrap
 import pytest
 import torch
 
-from lotterylab import checkpoint, config, paths, results, runs
-from lotterylab.checkpoint import CheckpointError
-from lotterylab.train import DivergenceError, Trainer
+from lotterylab.core import config, paths
+from lotterylab.training import checkpoint, results, runs
+from lotterylab.training.checkpoint import CheckpointError
+from lotterylab.training.train import DivergenceError, Trainer
 
 
 def tiny(**sections) -> config.Config:
@@ -120,7 +121,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise(reference, tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
         from test_runs import tiny
-        from lotterylab import runs
+        from lotterylab.training import runs
 
         class Kill:
             def on_step(self, trainer, stage, epoch, step):

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from lotterylab.config import ScheduleConfig
-from lotterylab.schedules import SCHEDULES, lr_at
+from lotterylab.core.config import ScheduleConfig
+from lotterylab.core.schedules import SCHEDULES, lr_at
 
 PAPER = ScheduleConfig(name="step_warmup", epochs=150, warmup_epochs=5.0, step="epoch")
 

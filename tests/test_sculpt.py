@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+from test_runs import Crash, assert_states_equal, tiny
 from torch.nn.utils import prune
 
-from lotterylab import checkpoint, flops, masks, paths, results, runs
-from lotterylab.config import SCULPT_CRITERIA
-from test_runs import Crash, assert_states_equal, tiny
+from lotterylab.core import paths
+from lotterylab.core.config import SCULPT_CRITERIA
+from lotterylab.pruning import flops, masks
+from lotterylab.training import checkpoint, results, runs
 
 
 def sculpt(**method) -> object:

@@ -7,8 +7,11 @@ import sys
 import pytest
 import torch
 
-from lotterylab import config, grids, results, studies
-from lotterylab.studies import StudyError
+from lotterylab.core import config
+from lotterylab.studies import catalog as studies
+from lotterylab.studies import grids
+from lotterylab.studies.catalog import StudyError
+from lotterylab.training import results
 
 REPO = studies.ROOT
 TINY = {

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from lotterylab import claims, grids, reports, results, studies
+from lotterylab.studies import catalog as studies
+from lotterylab.studies import claims, grids, reports, runner
+from lotterylab.training import results
 
 EXPECTED_DIMS = {  # a discovered study missing here is still run and checked, with its dims and figures unpinned
     "cyclic_training": {"method", "schedule", "seed", "cycle", "epoch", "layer"},
@@ -56,7 +58,7 @@ def test_smoke_scale_writes_results_and_an_offline_report(roots, name):
     import xarray as xr
 
     reports_root, runs_root = roots
-    html = studies.run_study(name, scale="smoke", reports_root=reports_root, runs_root=runs_root)
+    html = runner.run_study(name, scale="smoke", reports_root=reports_root, runs_root=runs_root)
     out = reports_root / name / "smoke"
     assert html == out / "report.html" and (out / "nb" / f"{name}.ipynb").is_file()
 
@@ -97,7 +99,7 @@ def test_claims_json_agrees_with_results_nc_at_the_smoke_scale(roots, tmp_path):
 
     params = tmp_path / "three_seeds.yaml"
     params.write_text(f"extends: {studies.get('sculpt').params_file('smoke')}\nseeds: [0, 1, 2]\n")
-    html = studies.run_study("sculpt", params=params, reports_root=roots[0], runs_root=roots[1])
+    html = runner.run_study("sculpt", params=params, reports_root=roots[0], runs_root=roots[1])
     document = json.loads((html.parent / claims.CLAIMS_FILE).read_text())
     with xr.open_dataset(html.parent / "results.nc", engine="h5netcdf") as dataset:
         dataset = dataset.load()
@@ -128,5 +130,5 @@ def test_a_failing_cell_is_one_line_naming_the_study_and_the_error(roots, monkey
     monkeypatch.setattr(papermill, "execute_notebook", fail)
     with pytest.raises(studies.StudyError, match=r"^label_noise \(.*smoke.yaml\): ConfigError: .*schedule.epochs: "
                                                  r"must be > 0 \(see .*label_noise.ipynb\)$") as error:
-        studies.run_study("label_noise", scale="smoke", reports_root=roots[0], runs_root=roots[1])
+        runner.run_study("label_noise", scale="smoke", reports_root=roots[0], runs_root=roots[1])
     assert "\n" not in str(error.value)

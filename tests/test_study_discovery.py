@@ -12,8 +12,12 @@ import pytest
 import yaml
 
 import lotterylab
-from lotterylab import cli, locks, paths, plans, studies
-from lotterylab.studies import StudyError
+from lotterylab import cli
+from lotterylab.core import paths
+from lotterylab.studies import catalog as studies
+from lotterylab.studies import runner
+from lotterylab.studies.catalog import StudyError
+from lotterylab.training import locks, plans
 
 REPO = Path(__file__).resolve().parent.parent
 # sha256 (first 12 hex digits) of each study's effective params per scale, as sorted JSON: first computed from the
@@ -170,7 +174,7 @@ def test_a_toy_study_in_its_own_folder_is_discovered_runs_at_smoke_scale_and_rep
     args = ["--scale", "smoke", "--reports", str(reports_root)]
     assert cli.main(["status", "toy", *args]) == 2
     assert "plan.json: no plan yet; `lotterylab study toy --scale smoke` records" in capsys.readouterr().err
-    html = studies.run_study("toy", scale="smoke", reports_root=reports_root, runs_root=runs_root)
+    html = runner.run_study("toy", scale="smoke", reports_root=reports_root, runs_root=runs_root)
     assert html.is_file() and (html.parent / "results.nc").is_file()
 
     assert cli.main(["status", "toy", *args]) == 0
@@ -193,7 +197,7 @@ def test_a_toy_study_in_its_own_folder_is_discovered_runs_at_smoke_scale_and_rep
 
 
 def test_a_plan_lists_each_run_once_with_every_point_it_serves(tmp_path):
-    from lotterylab import grids
+    from lotterylab.studies import grids
 
     base = {"data": {"name": "mnist1d"}, "model": {"name": "mlp", "width": 8, "depth": 1}}
     points = grids.grid(base, {"target": {0.8: {}, 0.9: {}}, "seed": grids.values("seed", [0, 1])})
@@ -215,9 +219,9 @@ def test_run_study_starts_a_fresh_plan(toy, tmp_path, monkeypatch):
     out = studies.report_dir(tmp_path / "reports", "toy", "smoke")
     plans.record([], tmp_path / "old-runs", out)
     monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: None)
-    monkeypatch.setattr("lotterylab.reports.render", lambda executed, html, title: html)
-    monkeypatch.setattr("lotterylab.reports.trust", lambda executed: None)  # nothing was executed to sign
-    studies.run_study("toy", scale="smoke", reports_root=tmp_path / "reports", runs_root=tmp_path / "runs")
+    monkeypatch.setattr("lotterylab.studies.reports.render", lambda executed, html, title: html)
+    monkeypatch.setattr("lotterylab.studies.reports.trust", lambda executed: None)  # nothing was executed to sign
+    runner.run_study("toy", scale="smoke", reports_root=tmp_path / "reports", runs_root=tmp_path / "runs")
     assert not plans.plan_file(out).exists()  # the notebook did not run, so it recorded nothing
 
 
@@ -225,16 +229,16 @@ def test_a_report_being_written_refuses_a_second_writer_in_one_line(toy, tmp_pat
     import papermill
 
     monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: None)
-    monkeypatch.setattr("lotterylab.reports.render", lambda executed, html, title: html)
-    monkeypatch.setattr("lotterylab.reports.trust", lambda executed: None)
+    monkeypatch.setattr("lotterylab.studies.reports.render", lambda executed, html, title: html)
+    monkeypatch.setattr("lotterylab.studies.reports.trust", lambda executed: None)
     out = studies.report_dir(tmp_path / "reports", "toy", "smoke")
     out.mkdir(parents=True)
     arguments = {"scale": "smoke", "reports_root": tmp_path / "reports", "runs_root": tmp_path / "runs"}
     with locks.RunLock(out / studies.STUDY_LOCK):  # this live process writes the report
         with pytest.raises(StudyError, match=r"study.lock: another `lotterylab study` is writing this report") as error:
-            studies.run_study("toy", **arguments)
+            runner.run_study("toy", **arguments)
         assert "\n" not in str(error.value)
-    studies.run_study("toy", **arguments)  # released: the next writer proceeds, and releases in turn
+    runner.run_study("toy", **arguments)  # released: the next writer proceeds, and releases in turn
     assert not (out / studies.STUDY_LOCK).exists()
 
 
@@ -266,7 +270,7 @@ def test_version_prints_the_package_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out == f"lotterylab {lotterylab.__version__}\n"
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "version" in project["project"]["dynamic"]  # one source of the version: lotterylab.__version__
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lotterylab.__version__"}
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lotterylab.core.version.__version__"}
 
 
 def test_license_and_citation_are_declared():

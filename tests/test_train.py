@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lotterylab import config, data, models
-from lotterylab.train import Trainer
+from lotterylab.core import config, data, models
+from lotterylab.training.train import Trainer
 
 TOLERANCE = {"channels_last": 1e-4, "bf16": 3e-2}  # relative, on the epoch's mean training loss
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import lotterylab
-from lotterylab import paths
+from lotterylab.core import paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def test_wheel_installed_in_a_fresh_venv_runs_a_study_from_an_empty_directory(tm
     assert (empty / "reports" / "sculpt" / "smoke" / "results.nc").is_file()
     assert len([run for run in (empty / "runs").iterdir() if paths.done_marker(run).is_file()]) == 4
     assert sorted(path.name for path in empty.iterdir()) == ["reports", "runs"]
-    # the notebook's kernel imported the installed copy too: only notebooks import lotterylab.plots
-    assert list((site / "lotterylab" / "__pycache__").glob("plots.*.pyc"))
+    # the notebook's kernel imported the installed copy too: only notebooks import lotterylab.studies.plots
+    assert list((site / "lotterylab" / "studies" / "__pycache__").glob("plots.*.pyc"))
     status = _run([str(python), "-m", "lotterylab.cli", "status", "sculpt", "--scale", "smoke"], cwd=empty, env=env)
     assert status.startswith("sculpt · smoke: 4 runs: 4 finished, 0 running, 0 pending"), status
