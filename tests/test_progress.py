@@ -28,6 +28,11 @@ def test_summary_counts_run_directories_and_goes_to_the_log_not_the_output(tmp_p
 def test_bar_counts_runs_and_names_the_run_at_its_stage_and_epoch(tmp_path, capsys, monkeypatch):
     cycles = {**TINY, "method": {"name": "pai", "cycles": 2}, "mask": {"sparsity": 0.5}}
     points = grids.grid(cycles, {"seed": grids.values("seed", [0, 1]), **SHARED})
+    # outside a notebook: tqdm.auto picks its class once per process, and a test that imported ipykernel earlier
+    # would have made it the notebook widget
+    import tqdm.std
+
+    monkeypatch.setattr("tqdm.auto.tqdm", tqdm.std.tqdm)
     shown = []
     show = progress.StudyProgress._show
     monkeypatch.setattr(progress.StudyProgress, "_show", lambda self, text: shown.append(text) or show(self, text))
