@@ -19,8 +19,8 @@ def images():
 
 
 def criterion_scores(criterion, net, params, data, density):
-    options = MaskConfig(score_batch_size=32, synflow_rounds=20)
-    return score(criterion, options, net, params, data, torch.Generator().manual_seed(1), density)
+    options = MaskConfig(criterion=criterion, score_batch_size=32, synflow_rounds=20).criterion
+    return score(options, net, params, data, torch.Generator().manual_seed(1), density)
 
 
 def small_net() -> nn.Module:

@@ -19,7 +19,7 @@ from test_runs import Crash  # raises KeyboardInterrupt at one step: Ctrl-C in p
 
 from lotterylab import cli
 from lotterylab.analysis import analyze
-from lotterylab.core import config, hashing, method_options, paths
+from lotterylab.core import config, criterion_options, hashing, method_options, paths
 from lotterylab.core.config import Config
 from lotterylab.training import checkpoint, results, runs
 
@@ -77,9 +77,18 @@ OWNER = {f"method.{field}": name for name, options in reversed(method_options.OP
 """The method a method field belongs to: the field is set on a run of that method."""
 
 
+CRITERION_OWNER = {field: name for name, options in reversed(criterion_options.OPTIONS.items())
+                   for field in options.model_fields}
+"""The criterion a criterion option belongs to (`mask.criterion.<field>`, `method.prune_criterion.<field>`)."""
+
+
 def setting(field: str, text: str) -> list[str]:
-    """--set arguments that put `text` into `field`, on a method that has it."""
+    """--set arguments that put `text` into `field`, on a method and a criterion that have it."""
     owner = ["--set", f"method.name={OWNER[field]}"] if field in OWNER else []
+    section, _, option = field.rpartition(".")
+    if section in ("mask.criterion", "method.prune_criterion") and option != "name":
+        owner = [*(["--set", "method.name=sculpt"] if section.startswith("method.") else []),
+                 "--set", f"{section}.name={CRITERION_OWNER[option]}"]
     return [*owner, "--set", f"{field}={text}"]
 
 
@@ -95,15 +104,17 @@ def test_every_numeric_field_is_covered():
 def test_non_finite_floats_name_the_field(tmp_path, capsys, field, is_list, value):
     text = f"[{value}]" if is_list else value
     out = tmp_path / "runs"
-    fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(out), *setting(field, text)], "c.yaml", field)
-    assert not out.exists()
+    line = fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(out), *setting(field, text)], "c.yaml",
+                 field)
+    assert "unknown key" not in line and not out.exists()
 
 
 @pytest.mark.parametrize(("field", "is_list"), INTS, ids=[name for name, _ in INTS])
 def test_ints_beyond_int64_name_the_field(tmp_path, capsys, field, is_list):
     text = f"[{2**63}]" if is_list else str(2**63)
-    fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(tmp_path), *setting(field, text)],
-          "c.yaml", field)
+    line = fails(capsys, ["run", write(tmp_path / "c.yaml", TINY), "--out", str(tmp_path), *setting(field, text)],
+                 "c.yaml", field)
+    assert "unknown key" not in line
 
 
 @pytest.mark.parametrize(("raw", "field"), [

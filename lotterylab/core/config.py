@@ -8,8 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lotterylab.core import hashing, method_options
-from lotterylab.core.registry import ALLOCATIONS, CRITERIA, DATASETS, MODELS, SCHEDULES
+from lotterylab.core import criterion_options, hashing, method_options
+from lotterylab.core.registry import ALLOCATIONS, DATASETS, MODELS, SCHEDULES
 from lotterylab.core.sections import INT64, ConfigError, Section, check_registered, unhashed  # noqa: F401 (re-exported)
 
 
@@ -91,23 +91,24 @@ class ScheduleConfig(Section):
 
 class MaskConfig(Section):
     sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of prunable weights removed")
-    criterion: str = Field("random", description="score used to choose the surviving weights")
+    criterion: criterion_options.AnyCriterion = Field(
+        criterion_options.CriterionOptions(), description="score used to choose the surviving weights: a name, or "
+        "{name: ..., options} (lotterylab.core.criterion_options)")
     allocation: str = Field(
         "auto", description="layerwise sparsity allocation; 'auto' is balanced for random scores, else global"
     )
     prune_first: bool = Field(True, description="the first conv/linear layer is prunable")
     prune_last: bool = Field(True, description="the last conv/linear layer is prunable")
-    score_batches: int = Field(1, gt=0, description="snip, grasp: training batches the scores are summed over")
-    score_batch_size: int = Field(512, gt=0, description="snip, grasp: size of each scoring batch")
-    grasp_temperature: float = Field(
-        200.0, gt=0.0, le=1e6, description="grasp: logits are divided by this (the authors' T)"
-    )
-    synflow_rounds: int = Field(100, gt=0, description="synflow: pruning rounds (exponential density schedule)")
 
-    @field_validator("criterion")
+    @model_validator(mode="before")
     @classmethod
-    def _known_criterion(cls, name: str) -> str:
-        return CRITERIA.check(name)
+    def _flat_criterion_options(cls, raw: Any) -> Any:
+        return criterion_options.prepare({"mask": raw})["mask"]  # a mask section written before criteria owned them
+
+    @field_validator("criterion", mode="before")
+    @classmethod
+    def _named(cls, raw: Any) -> Any:
+        return criterion_options.section(raw)
 
     @field_validator("allocation")
     @classmethod
@@ -118,7 +119,7 @@ class MaskConfig(Section):
         """The allocation actually used: random masks get balanced layerwise ratios, scored masks a global threshold."""
         if self.allocation != "auto":
             return self.allocation
-        return "balanced" if self.criterion == "random" else "global"
+        return "balanced" if self.criterion.name == "random" else "global"
 
 
 SCULPT_CRITERIA = method_options.SCULPT_CRITERIA
@@ -153,6 +154,11 @@ class Config(Section):
     mask: MaskConfig = MaskConfig()
     method: method_options.AnyMethod = method_options.Dense()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_criterion_options(cls, raw: Any) -> Any:
+        return criterion_options.prepare(raw)  # configs written before criteria owned their options
 
     @field_validator("method", mode="before")
     @classmethod
@@ -190,7 +196,8 @@ def error_line(error: ValidationError, source: str) -> str:
     """One line naming the source and the field of a validation error's first problem."""
     first = error.errors()[0]
     message = first["msg"].removeprefix("Value error, ")
-    tags = {options.__name__ for options in method_options.OPTIONS.values()}  # the union's member, not a field
+    tags = {*(options.__name__ for options in method_options.OPTIONS.values()), *criterion_options.TAGS}  # a union's
+    # member, not a field
     where = ".".join(str(part) for part in first["loc"] if part not in tags)
     if not where or message.startswith((f"{where}.", f"{where}:")):  # a check that names its own field first
         where, _, message = message.partition(": ")

@@ -6,6 +6,9 @@ while changing a field's default changes the hash of every config that relied on
 the pinned one. A field added later gets a line here (tests/test_hashing.py checks that every hashed field has one).
 A field marked `{"hashed": False}` never enters the hash; one marked `{"hashed_as": "run"}` names a run (a run
 directory or a YAML config) and enters the hash as that run's hash, so moving a runs folder changes nothing.
+A criterion section (lotterylab.core.criterion_options) enters as its name, with its options beside it under their
+flat keys (`mask.criterion: snip`, `mask.score_batches: 4`): the form configs had before criteria owned their options,
+so their hashes stand.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ PINNED_DEFAULTS: dict[str, Any] = {
     "method.name": "dense", "method.cycles": 1, "method.prune_fraction": 0.2, "method.rewind_epoch": 0,
     "method.targets": [], "method.prune_criterion": "magnitude", "method.source": None, "method.source_level": -1,
     "method.init": "random", "method.init_level": 0, "method.flip_fraction": 0.2,
+    "method.score_batches": 1, "method.score_batch_size": 512, "method.grasp_temperature": 200.0,  # SCULPT's one-shot
+    "method.synflow_rounds": 100,  # criterion's options, added 2026-11-30 (before, it read the mask's flat keys)
     "train.bf16": False, "train.channels_last": False, "train.compile": False, "train.deterministic": False,
     "train.sync_batchnorm": False,
 }
@@ -64,12 +69,40 @@ def leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str,
             yield from leaf_fields(member, f"{prefix}{name}.")
 
 
+def hash_path(path: str, field: FieldInfo) -> str:
+    """The name a leaf field has in the hash: its path, but a criterion's name as the criterion field itself and its
+    options under their flat keys beside it (`mask.criterion.name` -> `mask.criterion`, `mask.criterion.batches` ->
+    `mask.score_batches`)."""
+    key = _extra(field).get("flat_key")
+    if key is None:
+        return path
+    criterion = path.rsplit(".", 1)[0]
+    return criterion if key == "" else f"{criterion.rsplit('.', 1)[0]}.{key}"
+
+
 def hashed_paths(model: type[BaseModel]) -> dict[str, Any]:
-    """Every hashed field of a config model, as `section.field` -> its current default (the first model's)."""
+    """Every hashed field of a config model, as its hash path -> its current default (the first model's)."""
     out: dict[str, Any] = {}
     for path, field in leaf_fields(model):
         if _extra(field).get("hashed", True):
-            out.setdefault(path, field.default)
+            out.setdefault(hash_path(path, field), field.default)
+    return out
+
+
+def _is_criterion(section: BaseModel) -> bool:
+    name = type(section).model_fields.get("name")
+    return name is not None and _extra(name).get("flat_key") == ""
+
+
+def _criterion(section: BaseModel, field: str, prefix: str, default_name: str) -> dict[str, Any]:
+    """A criterion's canonical entries: its name under `field`, its options under their flat keys."""
+    out: dict[str, Any] = {}
+    if section.name != PINNED_DEFAULTS.get(f"{prefix}{field}", default_name):
+        out[field] = section.name
+    for name, info in type(section).model_fields.items():
+        key, value = _extra(info).get("flat_key"), getattr(section, name)
+        if key and value != PINNED_DEFAULTS.get(f"{prefix}{key}", info.default):
+            out[key] = value
     return out
 
 
@@ -85,6 +118,9 @@ def canonical(section: BaseModel, prefix: str = "", run_identity: Callable[[str]
     out: dict[str, Any] = {}
     for name, field in type(section).model_fields.items():
         value, path = getattr(section, name), f"{prefix}{name}"
+        if isinstance(value, BaseModel) and _is_criterion(value):
+            out.update(_criterion(value, name, prefix, field.default.name))
+            continue
         if isinstance(value, BaseModel):
             nested = canonical(value, f"{path}.", run_identity)
             if nested:

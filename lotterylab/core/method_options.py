@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator
 
-from lotterylab.core import hashing
+from lotterylab.core import criterion_options, hashing
 from lotterylab.core.sections import Section, check_registered
 
 if TYPE_CHECKING:
@@ -60,12 +60,20 @@ class Iterative(MethodOptions):
 class Sculpt(MethodOptions):
     name: Literal["sculpt"] = "sculpt"
     targets: list[float] = Field([], description="target sparsities, each retrained for one cycle")
-    prune_criterion: str = Field("magnitude", description="one-shot criterion from the cycled weights")
+    prune_criterion: criterion_options.AnyCriterion = Field(
+        criterion_options.CriterionOptions.model_construct(name="magnitude"), description="one-shot criterion from the cycled weights: "
+        "a name, or {name: ..., options} (lotterylab.core.criterion_options)")
+
+    @field_validator("prune_criterion", mode="before")
+    @classmethod
+    def _named(cls, raw: Any) -> Any:
+        return criterion_options.section(raw)
 
     @field_validator("prune_criterion")
     @classmethod
-    def _one_shot(cls, name: str) -> str:
-        return check_registered("one-shot criterion", name, list(SCULPT_CRITERIA))
+    def _one_shot(cls, criterion: criterion_options.CriterionOptions) -> criterion_options.CriterionOptions:
+        check_registered("one-shot criterion", criterion.name, list(SCULPT_CRITERIA))
+        return criterion
 
     def check(self, cfg: Config) -> None:
         if not self.targets:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lotterylab.core.config import MaskConfig
+from lotterylab.core.criterion_options import CriterionOptions, Grasp
 from lotterylab.core.data import Data
 from lotterylab.core.registry import CRITERIA
 from lotterylab.pruning import masks
@@ -19,7 +20,7 @@ from lotterylab.pruning import masks
 Criterion = Callable[[nn.Module, dict[str, nn.Parameter], Data, torch.Generator], dict[str, Tensor]]
 """(model, prunable params, data for data-driven criteria, seeded CPU generator) -> scores per parameter name."""
 
-GRASP_TEMPERATURE = MaskConfig.model_fields["grasp_temperature"].default  # defined once, in the config
+GRASP_TEMPERATURE = Grasp.model_fields["temperature"].default  # defined once, with GraSP's options
 """Logits are divided by this before the GraSP loss, as in the authors' code (`T=200`), to soften the softmax."""
 
 
@@ -187,19 +188,17 @@ CRITERIA.update({
 
 
 def score(
-    name: str,
-    options: MaskConfig,
+    criterion: CriterionOptions,
     model: nn.Module,
     params: dict[str, nn.Parameter],
     data: Data | None,
     generator: torch.Generator,
     density: float,
 ) -> dict[str, Tensor]:
-    """Scores of criterion `name` with its options from the mask config; `density` is the target SynFlow iterates to."""
-    extra: dict[str, object] = {
-        "snip": {"batches": options.score_batches, "batch_size": options.score_batch_size},
-        "grasp": {"batches": options.score_batches, "batch_size": options.score_batch_size,
-                  "temperature": options.grasp_temperature},
-        "synflow": {"density": density, "rounds": options.synflow_rounds},
-    }.get(name, {})
-    return CRITERIA[name](model, params, data, generator, **extra)
+    """Scores of `criterion`, with its own options (lotterylab.core.criterion_options); `density` is the target, for
+    a criterion that iterates toward it (SynFlow)."""
+    function = CRITERIA.get_checked(criterion.name)
+    extra = criterion.options()
+    if "density" in inspect.signature(function).parameters:
+        extra["density"] = density
+    return function(model, params, data, generator, **extra)

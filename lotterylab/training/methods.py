@@ -48,8 +48,7 @@ def mask_at_init(trainer: Trainer, cfg: Config, stage: int) -> None:
     """Score the weights with the configured criterion and fix the mask at the target sparsity."""
     density = 1.0 - cfg.mask.sparsity
     generator = stage_generator(cfg.seed, "mask", stage)
-    scores = criteria.score(cfg.mask.criterion, cfg.mask, trainer.model, trainer.params, trainer.data, generator,
-                            density)
+    scores = criteria.score(cfg.mask.criterion, trainer.model, trainer.params, trainer.data, generator, density)
     trainer.set_mask(masks.from_scores(scores, density, cfg.mask.resolved_allocation()))
 
 
@@ -119,8 +118,8 @@ def sculpt(cfg: Config, root: Path) -> list[Stage]:
             trainer.restore("cycled")
         density = 1.0 - cfg.method.targets[stage - cycles]
         generator = stage_generator(cfg.seed, "one-shot", stage)
-        name = cfg.method.prune_criterion
-        scores = criteria.score(name, cfg.mask, trainer.model, trainer.params, trainer.data, generator, density)
+        scores = criteria.score(cfg.method.prune_criterion, trainer.model, trainer.params, trainer.data, generator,
+                                density)
         prune_survivors(trainer, scores, density)
 
     return pai(cfg, root) + [Stage("target", one_shot) for _ in cfg.method.targets]
