@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 def _failures() -> tuple[type[Exception], ...]:
     """What a command ends on with one line naming the field or file: ConfigError, StudyError, AnalysisError and
     MaskError are ValueErrors; WriteError is a durable write that failed (a full disk)."""
-    from lotterylab.training.checkpoint import CheckpointError, WriteError
+    from lotterylab.core.files import WriteError
+    from lotterylab.training.checkpoint import CheckpointError
     from lotterylab.training.executors import JobFailed
     from lotterylab.training.train import DivergenceError
 

@@ -2,7 +2,7 @@
 right before its K-th durable write.
 
 Every durable write of a run (config, lock, init weights, epoch and stage-end checkpoints, results, the completion
-marker) passes through `checkpoint.atomic_path`, so counting its calls enumerates the write points.
+marker) passes through `files.atomic_path`, so counting its calls enumerates the write points.
 
 Usage: crash_worker.py K CONFIG OUT THREADS   (SIGKILLs itself right before write K, counted from 0)
 """
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from lotterylab.training import checkpoint
+from lotterylab.core import files
 
 
 class Faults:
@@ -26,7 +26,7 @@ class Faults:
     def __init__(self, mode: str | None = None, at: int = -1):
         self.mode, self.at = mode, at
         self.written: list[Path] = []
-        self.real = checkpoint.atomic_path
+        self.real = files.atomic_path
 
     @contextlib.contextmanager
     def atomic_path(self, path: Path, exclusive: bool = False) -> Iterator[Path]:
@@ -41,11 +41,11 @@ class Faults:
             yield temp
 
     def __enter__(self) -> Faults:
-        checkpoint.atomic_path = self.atomic_path
+        files.atomic_path = self.atomic_path
         return self
 
     def __exit__(self, *exc) -> None:
-        checkpoint.atomic_path = self.real
+        files.atomic_path = self.real
 
 
 if __name__ == "__main__":

@@ -151,10 +151,10 @@ COUNTED_SWEEP = textwrap.dedent("""
     from pathlib import Path
     from lotterylab import cli
     from lotterylab.core import paths
-    from lotterylab.training import checkpoint
+    from lotterylab.core import files
 
     log, go, params, runs_root = sys.argv[1:]
-    write = checkpoint.atomic_write
+    write = files.atomic_write
 
     def counted(path, data):
         # every per-epoch checkpoint written, with the run and the process that wrote it
@@ -163,7 +163,7 @@ COUNTED_SWEEP = textwrap.dedent("""
                 handle.write(f"{Path(path).parent.parent.name} {os.getpid()}\\n")
         write(path, data)
 
-    checkpoint.atomic_write = counted
+    files.atomic_write = counted
     while not os.path.exists(go):
         time.sleep(0.01)
     sys.exit(cli.main(["sweep", params, "--runs", runs_root]))

@@ -10,9 +10,9 @@ from test_coupling import coupled, lrr
 from test_runs import tiny
 
 from lotterylab import cli
-from lotterylab.core import config, paths
+from lotterylab.core import config, files, paths
 from lotterylab.core.config import ConfigError
-from lotterylab.training import checkpoint, locks, results, runs
+from lotterylab.training import locks, results, runs
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,6 @@ def test_a_lock_is_never_visible_before_its_content(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(type(lock), "write_bytes", full_disk)
-    with pytest.raises(checkpoint.WriteError, match=f"{lock}: disk full"):
+    with pytest.raises(files.WriteError, match=f"{lock}: disk full"):
         locks.RunLock(lock).acquire()
     assert not lock.exists() and list(lock.parent.iterdir()) == []

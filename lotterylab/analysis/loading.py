@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lotterylab.core import data, identity, models, paths
+from lotterylab.core import data, files, identity, models, paths
 from lotterylab.core.config import Config, ConfigError
 from lotterylab.pruning import masks
 from lotterylab.training import checkpoint, results
@@ -107,6 +107,6 @@ def full_mask(names: list[str], mask: masks.Mask, state: dict[str, Tensor]) -> m
 
 def write(dataset: Any, path: Path) -> Path:
     """Write an analysis Dataset atomically as netCDF and return its path."""
-    with checkpoint.atomic_path(path) as temp:
+    with files.atomic_path(path) as temp:
         dataset.to_netcdf(temp, engine="h5netcdf")
     return path

@@ -6,15 +6,14 @@ import gzip
 import hashlib
 import math
 import pickle
-import shutil
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
+from lotterylab.core import files
 from lotterylab.core.config import ConfigError, DataConfig
-from lotterylab.core.data import Data, TensorSplit, _atomic_write, _no_noise, _one_line, default_root
+from lotterylab.core.data import Data, TensorSplit, default_root, no_noise, one_line
 from lotterylab.core.registry import DATASETS
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -53,20 +52,17 @@ def fashion_mnist(cfg: DataConfig) -> Data:
         try:
             dataset = torchvision.datasets.FashionMNIST(str(cache), train=train, download=False)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ConfigError(f"{root}: unreadable Fashion-MNIST files ({_one_line(error)})") from None
+            raise ConfigError(f"{root}: unreadable Fashion-MNIST files ({one_line(error)})") from None
         splits.append(TensorSplit(dataset.data.unsqueeze(1), dataset.targets.long()))  # (N, 28, 28) -> (N, 1, 28, 28)
-    return Data(splits[0], splits[1], len(dataset.classes), (1, 28, 28), _no_noise())
+    return Data(splits[0], splits[1], len(dataset.classes), (1, 28, 28), no_noise())
 
 
 def _gunzip(source: Path, target: Path) -> None:
-    def write(file: BinaryIO) -> None:
-        with gzip.open(source, "rb") as packed:
-            shutil.copyfileobj(packed, file)
-
     try:
-        _atomic_write(target, write)
+        unpacked = gzip.decompress(source.read_bytes())
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise ConfigError(f"{source}: corrupt gzip file ({_one_line(error)})") from None
+        raise ConfigError(f"{source}: corrupt gzip file ({one_line(error)})") from None
+    files.atomic_write(target, unpacked)
 
 
 def _check_idx(path: Path, source: Path) -> None:
@@ -140,13 +136,13 @@ def _cifar(cfg: DataConfig, base_name: str) -> Data:
         except OSError as error:  # urllib's URLError and socket errors are OSErrors
             if not missing:
                 raise
-            fetch = f"data.download needs network and could not fetch them ({_one_line(error)})"
+            fetch = f"data.download needs network and could not fetch them ({one_line(error)})"
             raise ConfigError(f"{lacks}; {fetch}") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
             raise _corrupt_cifar(folder, [name for name, _ in cifar.files()], error) from None
         x = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
         splits.append(TensorSplit(x, torch.tensor(dataset.targets, dtype=torch.int64)))
-    return Data(splits[0], splits[1], len(dataset.classes), (3, 32, 32), _no_noise())
+    return Data(splits[0], splits[1], len(dataset.classes), (3, 32, 32), no_noise())
 
 
 def _corrupt_cifar(folder: Path, names: list[str], error: Exception) -> ConfigError:
@@ -156,10 +152,10 @@ def _corrupt_cifar(folder: Path, names: list[str], error: Exception) -> ConfigEr
             with open(folder / name, "rb") as file:
                 entry = pickle.load(file, encoding="latin1")
         except Exception as file_error:  # noqa: BLE001 - any failure to unpickle means the file is corrupt
-            return ConfigError(f"{folder / name}: corrupt CIFAR file ({_one_line(file_error)})")
+            return ConfigError(f"{folder / name}: corrupt CIFAR file ({one_line(file_error)})")
         if not isinstance(entry, dict):
             return ConfigError(f"{folder / name}: corrupt CIFAR file (holds a {type(entry).__name__}, not a dict)")
-    return ConfigError(f"{folder}: unreadable CIFAR files ({_one_line(error)})")
+    return ConfigError(f"{folder}: unreadable CIFAR files ({one_line(error)})")
 
 
 @DATASETS.register("cifar10")

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lotterylab.core.config import ConfigError, DataConfig
-from lotterylab.core.data import IMAGENET_MEAN, IMAGENET_STD, Data, StreamedSplit, _no_noise, _one_line
+from lotterylab.core.data import IMAGENET_MEAN, IMAGENET_STD, Data, StreamedSplit, no_noise, one_line
 
 IMAGE_FIELD, LABEL_FIELD = "image", "label"
 """Field names written by ffcv-imagenet's writer: an RGBImageField and an IntField."""
@@ -84,7 +84,7 @@ def _split(path: Path, cfg: DataConfig) -> BetonSplit:
     try:
         reader = Reader(str(path))
     except Exception as error:  # noqa: BLE001 - ffcv raises assertion and value errors alike for a bad header
-        raise ConfigError(f"{path}: unreadable .beton file ({_one_line(error)})") from None
+        raise ConfigError(f"{path}: unreadable .beton file ({one_line(error)})") from None
     names = list(reader.handlers)
     if IMAGE_FIELD not in names or LABEL_FIELD not in names:
         raise ConfigError(f"{path}: needs fields {IMAGE_FIELD!r} and {LABEL_FIELD!r}, has {names}")
@@ -106,4 +106,4 @@ def imagenet(cfg: DataConfig) -> Data:
     root = Path(cfg.root)
     train, test = _split(root / "train.beton", cfg), _split(root / "val.beton", cfg)
     num_classes = int(max(train.y.max(), test.y.max())) + 1
-    return Data(train, test, num_classes, (3, cfg.image_size, cfg.image_size), _no_noise())
+    return Data(train, test, num_classes, (3, cfg.image_size, cfg.image_size), no_noise())

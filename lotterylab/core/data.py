@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lotterylab.core import files
 from lotterylab.core.config import ConfigError, DataConfig
 from lotterylab.core.registry import DATASETS
 
@@ -183,26 +184,13 @@ class Data:
     noisy_indices: Tensor  # int64 indices into train whose labels were permuted, on the CPU; empty without noise
 
 
-def _no_noise() -> Tensor:
+def no_noise() -> Tensor:
     return torch.empty(0, dtype=torch.int64)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temp file in the same directory, so an interrupted run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _mnist1d(cfg: DataConfig) -> Data:
@@ -212,13 +200,15 @@ def _mnist1d(cfg: DataConfig) -> Data:
             arrays = {key: arrays[key] for key in ("x", "y", "x_test", "y_test")}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent or damaged cache: regenerate it
         arrays = _generate_mnist1d()
-        _atomic_write(cache, lambda file: np.savez(file, **arrays))
+        packed = io.BytesIO()
+        np.savez(packed, **arrays)
+        files.atomic_write(cache, packed.getvalue())
     # (N, L) -> (N, 1, L): one channel, as the 1-D convolutional models expect
     train, test = (
         TensorSplit(torch.from_numpy(arrays[x]).float().unsqueeze(1), torch.from_numpy(arrays[y]).long())
         for x, y in (("x", "y"), ("x_test", "y_test"))
     )
-    return Data(train, test, 10, tuple(train.x.shape[1:]), _no_noise())
+    return Data(train, test, 10, tuple(train.x.shape[1:]), no_noise())
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:
@@ -242,7 +232,7 @@ def _synthetic(cfg: DataConfig) -> Data:
         _random_split(size, shape, cfg.num_classes, torch.Generator().manual_seed(seed))
         for seed, size in ((0, cfg.train_size or 50_000), (1, cfg.test_size or 10_000))
     ]
-    return Data(splits[0], splits[1], cfg.num_classes, shape, _no_noise())
+    return Data(splits[0], splits[1], cfg.num_classes, shape, no_noise())
 
 
 def _random_split(size: int, shape: tuple[int, ...], num_classes: int, generator: torch.Generator) -> TensorSplit:
@@ -284,7 +274,7 @@ def load(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> Data
     data = DATASETS.get_checked(cfg.name)(cfg)
     train = _subset(data.train, cfg.train_size, "data.train_size", _generator(seed, 0))
     test = _subset(data.test, cfg.test_size, "data.test_size", _generator(seed, 1))
-    noisy_indices = _no_noise()
+    noisy_indices = no_noise()
     if cfg.label_noise > 0:
         labels, noisy_indices = label_noise(train.y, cfg.label_noise, _generator(seed, 2))
         train = replace(train, y=labels)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lotterylab.core import beton
 from lotterylab.core.config import ConfigError, DataConfig
-from lotterylab.core.data import IMAGENET_MEAN, IMAGENET_STD, Data, DataError, StreamedSplit, _no_noise, _one_line
+from lotterylab.core.data import IMAGENET_MEAN, IMAGENET_STD, Data, DataError, StreamedSplit, no_noise, one_line
 from lotterylab.core.registry import DATASETS
 
 SCALE = (0.08, 1.0)
@@ -123,7 +123,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         try:
             image = self.loader(self.paths[index])
         except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for broken files
-            raise DataError(f"{self.paths[index]}: unreadable image ({_one_line(error)})") from None
+            raise DataError(f"{self.paths[index]}: unreadable image ({one_line(error)})") from None
         return self.transform(image), self.labels[index]
 
 
@@ -153,7 +153,7 @@ def _collate_bytes(items: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tenso
 
 def _decoder_message(error: RuntimeError) -> str:
     """torchvision's decoder errors start with 'function, source.cpp:line, '; keep only what went wrong."""
-    return re.sub(r"^\w+, \S+:\d+, ", "", _one_line(error).removeprefix("RuntimeError: "))
+    return re.sub(r"^\w+, \S+:\d+, ", "", one_line(error).removeprefix("RuntimeError: "))
 
 
 def decode_images(encoded: list[Tensor], paths: list[str], device: torch.device) -> list[Tensor]:
@@ -248,7 +248,7 @@ def imagenet(cfg: DataConfig) -> Data:
     test_classes, test = _image_folder(root / "val", cfg)
     if test_classes != train_classes:
         raise ConfigError(f"{root / 'val'}: class folders differ from those in {root / 'train'}")
-    return Data(train, test, len(train_classes), (3, cfg.image_size, cfg.image_size), _no_noise())
+    return Data(train, test, len(train_classes), (3, cfg.image_size, cfg.image_size), no_noise())
 
 
 def _image_folder(directory: Path, cfg: DataConfig) -> tuple[list[str], FolderSplit]:
@@ -259,7 +259,7 @@ def _image_folder(directory: Path, cfg: DataConfig) -> tuple[list[str], FolderSp
     try:
         folder = torchvision.datasets.ImageFolder(str(directory))
     except FileNotFoundError as error:
-        raise ConfigError(f"{directory}: {_one_line(error)}") from None
+        raise ConfigError(f"{directory}: {one_line(error)}") from None
     paths = [path for path, _ in folder.samples]
     labels = torch.tensor(folder.targets, dtype=torch.int64)
     return folder.classes, FolderSplit(paths, labels, cfg.image_size, cfg.workers, cfg.decode)

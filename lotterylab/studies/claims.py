@@ -162,7 +162,7 @@ def evaluate(claim: Claim, a, b, notes: list[str] | None = None) -> Result:
 
 def write(results: list[Result], output_dir: str | Path, study: str, scale: str) -> Path:
     """claims.json beside the report: study, scale, the lotterylab commit, and every claim's numbers and verdict."""
-    from lotterylab.training import checkpoint
+    from lotterylab.core import files
     from lotterylab.training.results import git_revision
 
     ids = [result.claim.id for result in results]
@@ -173,7 +173,7 @@ def write(results: list[Result], output_dir: str | Path, study: str, scale: str)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"study": study, "scale": scale, "commit": git_revision(),
                 "claims": [result.as_json() for result in results]}
-    checkpoint.atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
+    files.atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
     return path
 
 

@@ -2,7 +2,7 @@
 
 Rules (also in docs/reliability.md):
 - The lock is `<run>/lock`, holding the holder's pid, host name and a random token. It is written to a temporary file
-  and linked into place (`checkpoint.exclusive_write`), so it is never seen empty or half-written; an unreadable or
+  and linked into place (`files.exclusive_write`), so it is never seen empty or half-written; an unreadable or
   empty lock (left by an older lotterylab, or a damaged disk) has no live holder and is taken over at once.
 - The holder touches it at most every HEARTBEAT_S seconds while training, so a live lock is never old.
 - A lock is stale when its pid is dead on this host, when it was taken by an earlier attempt of the same Slurm job
@@ -25,8 +25,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from lotterylab.core import paths
-from lotterylab.training import checkpoint
+from lotterylab.core import files, paths
 
 STALE_AFTER_S = 3600.0
 HEARTBEAT_S = 60.0
@@ -96,7 +95,7 @@ class RunLock:
         attempt = slurm_attempt()
         if attempt is not None:
             holder["slurm"] = list(attempt)
-        if not checkpoint.exclusive_write(self.path, json.dumps(holder).encode()):
+        if not files.exclusive_write(self.path, json.dumps(holder).encode()):
             return False
         self.last_touch = time.monotonic()
         return True

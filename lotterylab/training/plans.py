@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lotterylab.core import paths
-from lotterylab.training import checkpoint, locks, results
+from lotterylab.core import files, paths
+from lotterylab.training import locks, results
 
 SCHEMA = 1
 STATES = ("finished", "running", "pending")
@@ -62,7 +62,7 @@ def _jsonable(value: Any) -> Any:
 
 def _write(path: Path, plan: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(path, (json.dumps(plan, indent=1) + "\n").encode())
+    files.atomic_write(path, (json.dumps(plan, indent=1) + "\n").encode())
 
 
 def record(points: Sequence[Any], runs_root: str | Path, report_dir: str | Path) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lotterylab.core import distributed, identity, paths
+from lotterylab.core import distributed, files, identity, paths
 from lotterylab.core.config import Config
 from lotterylab.core.version import __version__
 from lotterylab.training import checkpoint
@@ -141,13 +141,13 @@ def write(run: Path, dataset) -> None:
         if not path.is_file():
             raise checkpoint.CheckpointError(f"{path}: missing, so {run} cannot be marked complete; "
                                              f"rerun to rebuild it")
-    with checkpoint.atomic_path(paths.results(run)) as temp:
+    with files.atomic_path(paths.results(run)) as temp:
         dataset.to_netcdf(temp, engine="h5netcdf")
     marker = {"schema": MARKER_SCHEMA, "run_hash": identity.run_hash(run), "stages": stages,
               "results_sha256": _sha256(paths.results(run)),
               "artifacts": {str(path.relative_to(run)): _sha256(path) for path in artifacts(run, stages)},
               "lotterylab_version": __version__}
-    checkpoint.atomic_write(paths.done_marker(run), json.dumps(marker, indent=1).encode())
+    files.atomic_write(paths.done_marker(run), json.dumps(marker, indent=1).encode())
 
 
 def _marker(run: Path) -> dict[str, Any] | None:

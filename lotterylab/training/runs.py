@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lotterylab.core import config, data, distributed, identity, models, paths
+from lotterylab.core import config, data, distributed, files, identity, models, paths
 from lotterylab.core.config import Config
 from lotterylab.pruning import flops, masks
 from lotterylab.training import checkpoint, coupling, locks, results
@@ -58,7 +58,7 @@ def _write_config(run: Path, cfg: Config) -> None:
         warnings.warn(f"{paths.config(run)}: does not hold this run's config (truncated or edited); rewritten",
                       stacklevel=2)
     identity.inside(run, paths.config(run))
-    checkpoint.atomic_write(paths.config(run), cfg.to_yaml().encode())
+    files.atomic_write(paths.config(run), cfg.to_yaml().encode())
 
 
 def _save_init(run: Path, snapshots: dict[str, Any]) -> None:
@@ -83,7 +83,7 @@ def resume_point(run: Path, epochs: int, keep: int) -> Path | None:
             continue
         if checkpoint.is_valid(last_epoch, run):
             warnings.warn(f"{end}: missing or invalid; rebuilt from {last_epoch.name}", stacklevel=2)
-            checkpoint.atomic_write(end, last_epoch.read_bytes())
+            files.atomic_write(end, last_epoch.read_bytes())
             continue
         warnings.warn(f"{end}: missing or invalid and {last_epoch.name} is gone; retraining from stage {finished}",
                       stacklevel=2)
@@ -99,10 +99,10 @@ def _save_epoch(run: Path, trainer: Trainer, progress: dict[str, Any], stage_don
     if not distributed.is_main():  # every rank holds the same state; rank 0 writes it
         return
     payload = checkpoint.encode({**trainer.state_dict(), **progress}, identity.run_hash(run))
-    checkpoint.atomic_write(paths.checkpoint(run, progress["stage"], progress["epoch"]), payload)
+    files.atomic_write(paths.checkpoint(run, progress["stage"], progress["epoch"]), payload)
     if stage_done:
         # Stage-end checkpoints outlive the keep-last rule: analyses (LMC, sharpness) read them later.
-        checkpoint.atomic_write(paths.stage_end(run, progress["stage"]), payload)
+        files.atomic_write(paths.stage_end(run, progress["stage"]), payload)
     checkpoint.prune_old(run, keep)
 
 
