@@ -105,11 +105,6 @@ class MaskConfig(Section):
     def _flat_criterion_options(cls, raw: Any) -> Any:
         return criterion_options.prepare({"mask": raw})["mask"]  # a mask section written before criteria owned them
 
-    @field_validator("criterion", mode="before")
-    @classmethod
-    def _named(cls, raw: Any) -> Any:
-        return criterion_options.section(raw)
-
     @field_validator("allocation")
     @classmethod
     def _known_allocation(cls, name: str) -> str:

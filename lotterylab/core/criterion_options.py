@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
 
 from lotterylab.core.registry import CRITERIA
 from lotterylab.core.sections import Section
@@ -80,8 +80,9 @@ def _tag(raw: Any) -> str:
 
 MEMBERS = (CriterionOptions, *OPTIONS.values())
 AnyCriterion = Annotated[Union[tuple(Annotated[model, Tag(model.__name__)] for model in MEMBERS)],  # noqa: UP007
-                         Discriminator(_tag)]
-"""`mask.criterion` and `method.prune_criterion`: one of the models above, chosen by `name`."""
+                         Discriminator(_tag), BeforeValidator(lambda raw: section(raw))]
+"""`mask.criterion` and `method.prune_criterion`: one of the models above, chosen by `name` (a bare name is read as
+`{name: ...}`)."""
 
 TAGS = tuple(model.__name__ for model in MEMBERS)
 """The union's member tags, which validation errors put in their location (config.error_line drops them)."""

@@ -64,11 +64,6 @@ class Sculpt(MethodOptions):
         criterion_options.CriterionOptions.model_construct(name="magnitude"), description="one-shot criterion from the cycled weights: "
         "a name, or {name: ..., options} (lotterylab.core.criterion_options)")
 
-    @field_validator("prune_criterion", mode="before")
-    @classmethod
-    def _named(cls, raw: Any) -> Any:
-        return criterion_options.section(raw)
-
     @field_validator("prune_criterion")
     @classmethod
     def _one_shot(cls, criterion: criterion_options.CriterionOptions) -> criterion_options.CriterionOptions:
