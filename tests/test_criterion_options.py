@@ -11,7 +11,7 @@ from lotterylab.core.data import load
 from lotterylab.core.registry import CRITERIA
 from lotterylab.pruning import criteria, masks
 
-# Hashes computed at e8d9747, when criterion options were flat fields of the mask section.
+# Hashes computed at d86f47d, when criterion options were flat fields of the mask section.
 FLAT = {
     "3ab6e7122d13ce1a": {"mask": {"criterion": "grasp", "sparsity": 0.9, "grasp_temperature": 100.0,
                                   "score_batches": 2}, "method": {"name": "pai"}},
