@@ -103,7 +103,7 @@ class MaskConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _flat_criterion_options(cls, raw: Any) -> Any:
-        return criterion_options.prepare({"mask": raw})["mask"]  # a mask section written before criteria owned them
+        return criterion_options.prepare_mask(raw)  # a mask section written before criteria owned their options
 
     @field_validator("allocation")
     @classmethod
@@ -153,7 +153,7 @@ class Config(Section):
     @model_validator(mode="before")
     @classmethod
     def _flat_criterion_options(cls, raw: Any) -> Any:
-        return criterion_options.prepare(raw)  # configs written before criteria owned their options
+        return criterion_options.prepare(raw)  # SCULPT's one-shot criterion reads the mask's flat options too
 
     @field_validator("method", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
+from pydantic.fields import FieldInfo
 
 from lotterylab.core.registry import CRITERIA
 from lotterylab.core.sections import Section
@@ -26,6 +27,13 @@ from lotterylab.core.sections import Section
 def _flat(key: str) -> dict[str, Any]:
     """Field kwargs of an option whose legacy flat name in `mask` (and in the hash) is `key`."""
     return {"json_schema_extra": {"flat_key": key}}
+
+
+def flat_key(field: FieldInfo) -> str | None:
+    """A criterion field's flat name: '' for the criterion's name, the legacy `mask` key for an option, None for a
+    field of no criterion."""
+    extra = field.json_schema_extra
+    return extra.get("flat_key") if isinstance(extra, dict) else None
 
 
 class CriterionOptions(Section):
@@ -43,16 +51,19 @@ class CriterionOptions(Section):
         return self.model_dump(exclude={"name"})
 
 
-class Snip(CriterionOptions):
+class _Batched(CriterionOptions):
+    """The options of a criterion scored on training batches (SNIP, GraSP)."""
+
+    batches: int = Field(1, gt=0, description="training batches the scores are summed over", **_flat("score_batches"))
+    batch_size: int = Field(512, gt=0, description="size of each scoring batch", **_flat("score_batch_size"))
+
+
+class Snip(_Batched):
     name: Literal["snip"] = Field("snip", **_flat(""))
-    batches: int = Field(1, gt=0, description="training batches the scores are summed over", **_flat("score_batches"))
-    batch_size: int = Field(512, gt=0, description="size of each scoring batch", **_flat("score_batch_size"))
 
 
-class Grasp(CriterionOptions):
+class Grasp(_Batched):
     name: Literal["grasp"] = Field("grasp", **_flat(""))
-    batches: int = Field(1, gt=0, description="training batches the scores are summed over", **_flat("score_batches"))
-    batch_size: int = Field(512, gt=0, description="size of each scoring batch", **_flat("score_batch_size"))
     temperature: float = Field(200.0, gt=0.0, le=1e6, description="logits are divided by this (the authors' T)",
                                **_flat("grasp_temperature"))
 
@@ -67,8 +78,8 @@ OPTIONS: dict[str, type[CriterionOptions]] = {"snip": Snip, "grasp": Grasp, "syn
 """Criterion name -> its options model; a registered criterion not listed here takes no options."""
 
 FLAT_KEYS: dict[str, Any] = {
-    field.json_schema_extra["flat_key"]: field.default
-    for model in OPTIONS.values() for name, field in model.model_fields.items() if name != "name"
+    flat_key(field): field.default for model in OPTIONS.values() for field in model.model_fields.values()
+    if flat_key(field)
 }
 """Legacy flat `mask` key -> its default."""
 
@@ -101,7 +112,7 @@ def take_flat(criterion: Any, flat: dict[str, Any]) -> Any:
         return criterion
     model = OPTIONS.get(criterion.get("name", "random"), CriterionOptions)
     for option, field in model.model_fields.items():
-        key = (field.json_schema_extra or {}).get("flat_key") if isinstance(field.json_schema_extra, dict) else None
+        key = flat_key(field)
         if key in flat:
             if option in criterion:
                 raise ValueError(f"mask.{key}: given twice, also as the criterion's {option}")
@@ -109,19 +120,24 @@ def take_flat(criterion: Any, flat: dict[str, Any]) -> Any:
     return criterion
 
 
+def prepare_mask(mask: Any) -> Any:
+    """A mask section as written, with legacy flat criterion options moved into its criterion where it takes them and
+    dropped where it does not (they never changed what a run computed)."""
+    flat = {key: mask[key] for key in FLAT_KEYS.keys() & mask.keys()} if isinstance(mask, dict) else {}
+    if not flat:
+        return mask
+    out = {key: value for key, value in mask.items() if key not in flat}
+    out["criterion"] = take_flat(mask.get("criterion", "random"), flat)
+    return out
+
+
 def prepare(raw: Any) -> Any:
-    """A config as written, with legacy flat criterion options moved into the criteria that take them: the mask's
-    criterion, and SCULPT's one-shot criterion (`method.prune_criterion`). Flat keys no criterion of the run takes
-    are dropped (they never changed what a run computed)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("mask", {}), dict):
+    """A config as written, with the mask's legacy flat criterion options also given to SCULPT's one-shot criterion
+    (`method.prune_criterion`) where it takes them; the mask section's own validation (`prepare_mask`) does the rest."""
+    mask, method = (raw.get("mask"), raw.get("method")) if isinstance(raw, dict) else (None, None)
+    if not isinstance(mask, dict) or not isinstance(method, dict) or method.get("name") != "sculpt":
         return raw
-    mask = dict(raw.get("mask", {}))
-    flat = {key: mask.pop(key) for key in list(mask) if key in FLAT_KEYS}
+    flat = {key: mask[key] for key in FLAT_KEYS.keys() & mask.keys()}
     if not flat:
         return raw
-    out = dict(raw, mask=mask)
-    mask["criterion"] = take_flat(mask.get("criterion", "random"), flat)
-    method = raw.get("method")
-    if isinstance(method, dict) and method.get("name") == "sculpt":
-        out["method"] = dict(method, prune_criterion=take_flat(method.get("prune_criterion", "magnitude"), flat))
-    return out
+    return dict(raw, method=dict(method, prune_criterion=take_flat(method.get("prune_criterion", "magnitude"), flat)))

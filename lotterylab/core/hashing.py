@@ -23,6 +23,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from lotterylab.core import criterion_options
+
 PINNED_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "data.name": "mnist1d", "data.batch_size": 128, "data.augment": True, "data.label_noise": 0.0,
@@ -73,7 +75,7 @@ def hash_path(path: str, field: FieldInfo) -> str:
     """The name a leaf field has in the hash: its path, but a criterion's name as the criterion field itself and its
     options under their flat keys beside it (`mask.criterion.name` -> `mask.criterion`, `mask.criterion.batches` ->
     `mask.score_batches`)."""
-    key = _extra(field).get("flat_key")
+    key = criterion_options.flat_key(field)
     if key is None:
         return path
     criterion = path.rsplit(".", 1)[0]
@@ -89,18 +91,13 @@ def hashed_paths(model: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
-def _is_criterion(section: BaseModel) -> bool:
-    name = type(section).model_fields.get("name")
-    return name is not None and _extra(name).get("flat_key") == ""
-
-
 def _criterion(section: BaseModel, field: str, prefix: str, default_name: str) -> dict[str, Any]:
     """A criterion's canonical entries: its name under `field`, its options under their flat keys."""
     out: dict[str, Any] = {}
     if section.name != PINNED_DEFAULTS.get(f"{prefix}{field}", default_name):
         out[field] = section.name
     for name, info in type(section).model_fields.items():
-        key, value = _extra(info).get("flat_key"), getattr(section, name)
+        key, value = criterion_options.flat_key(info), getattr(section, name)
         if key and value != PINNED_DEFAULTS.get(f"{prefix}{key}", info.default):
             out[key] = value
     return out
@@ -118,7 +115,7 @@ def canonical(section: BaseModel, prefix: str = "", run_identity: Callable[[str]
     out: dict[str, Any] = {}
     for name, field in type(section).model_fields.items():
         value, path = getattr(section, name), f"{prefix}{name}"
-        if isinstance(value, BaseModel) and _is_criterion(value):
+        if isinstance(value, criterion_options.CriterionOptions):
             out.update(_criterion(value, name, prefix, field.default.name))
             continue
         if isinstance(value, BaseModel):
