@@ -1,4 +1,5 @@
-"""The decision rules of lotterylab.studies.claims on literal cases, the CI arithmetic against scipy, and claims.json."""
+"""The decision rules of lotterylab.studies.claims on literal cases, the CI arithmetic against scipy, and
+claims.json."""
 
 import json
 import math

@@ -1,4 +1,5 @@
-"""Tests of lotterylab.core.imagenet: ImageFolder JPEGs decoded on the device (or by PIL), crops, seeding and bad files."""
+"""Tests of lotterylab.core.imagenet: ImageFolder JPEGs decoded on the device (or by PIL), crops, seeding and bad
+files."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ PACKAGE = REPO / "lotterylab"
 MAX_LINES = 350
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
-needs_import_linter = pytest.mark.skipif(not LINT_IMPORTS.is_file(), reason="import-linter is not installed (dev extra)")
+needs_import_linter = pytest.mark.skipif(not LINT_IMPORTS.is_file(),
+                                         reason="import-linter is not installed (dev extra)")
 
 
 def _lint(root: Path) -> subprocess.CompletedProcess:

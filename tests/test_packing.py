@@ -214,7 +214,8 @@ def test_run_many_packs_only_runs_with_equal_keys_in_chunks_of_max_pack(tmp_path
     cfgs = [*mixed_configs(), tiny(seed=3, optimizer={"lr": 0.1})]
     chunks = []
     original = packing.train_packed
-    monkeypatch.setattr(packing, "train_packed", lambda chunk, out, callbacks: (chunks.append(chunk), original(chunk, out, callbacks)))
+    monkeypatch.setattr(packing, "train_packed",
+                        lambda chunk, out, callbacks: (chunks.append(chunk), original(chunk, out, callbacks)))
     run_dirs = packing.run_many(cfgs, tmp_path, max_pack=2)
     assert [[c.seed for c in chunk] for chunk in chunks] == [[0, 1]]
     assert all(results.is_complete(run_dir) for run_dir in run_dirs)
@@ -225,7 +226,8 @@ def test_the_study_runner_packs_through_the_local_executor(tmp_path, monkeypatch
 
     chunks = []
     original = packing.train_packed
-    monkeypatch.setattr(packing, "train_packed", lambda chunk, out, callbacks: (chunks.append(chunk), original(chunk, out, callbacks)))
+    monkeypatch.setattr(packing, "train_packed",
+                        lambda chunk, out, callbacks: (chunks.append(chunk), original(chunk, out, callbacks)))
     points = [grids.Point({"seed": c.seed}, c) for c in mixed_configs()]
     run_dirs = grids.run_all(points, tmp_path, executor={"name": "local", "max_pack": 3})
     assert [len(chunk) for chunk in chunks] == [3] and all(results.is_complete(d) for d in run_dirs)

@@ -57,7 +57,8 @@ def test_progress_is_watched_in_jupyterlab_and_on_a_terminal_never_under_papermi
 def test_run_labels_merge_the_coordinates_of_points_sharing_a_run(tmp_path):
     run, other = tmp_path / "a", tmp_path / "b"
     labels = progress.run_labels([(run, {"method": "sculpt", "target": 0.8}),
-                                  (run, {"method": "sculpt", "target": 0.9}), (other, {"method": "pai", "target": 0.8})])
+                                  (run, {"method": "sculpt", "target": 0.9}),
+                                  (other, {"method": "pai", "target": 0.8})])
     assert labels == {run: "method=sculpt target=0.8,0.9", other: "method=pai target=0.8"}
 
 

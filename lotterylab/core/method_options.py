@@ -2,8 +2,8 @@
 
 `method` in a config is one of these models. A method's options are only its own: `targets` on a `pai` run is an
 unknown key, not a silently ignored one. Checks that need the rest of the config (the mask, the schedule) live in
-each model's `check`, which `Config` calls. The builders of the stages are in lotterylab.training.methods, keyed by the same
-names (tests/test_methods.py checks that the two registries agree).
+each model's `check`, which `Config` calls. The builders of the stages are in lotterylab.training.methods, keyed by
+the same names (tests/test_methods.py checks that the two registries agree).
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ class Sculpt(MethodOptions):
     name: Literal["sculpt"] = "sculpt"
     targets: list[float] = Field([], description="target sparsities, each retrained for one cycle")
     prune_criterion: criterion_options.AnyCriterion = Field(
-        criterion_options.CriterionOptions.model_construct(name="magnitude"), description="one-shot criterion from the cycled weights: "
-        "a name, or {name: ..., options} (lotterylab.core.criterion_options)")
+        criterion_options.CriterionOptions.model_construct(name="magnitude"),
+        description="one-shot criterion from the cycled weights: a name, or {name: ..., options} "
+        "(lotterylab.core.criterion_options)")
 
     @field_validator("prune_criterion")
     @classmethod

@@ -160,9 +160,9 @@ MODELS.update({
 
 
 UNPACKABLE: dict[str, str] = {}
-"""Registered models that must train alone, each with the reason (lotterylab.training.packing.pack_key gives them no key): a
-packed run must equal its solo run, and random draws inside a model (dropout) come from another stream under vmap.
-tests/test_packing.py packs every other registered model in float64 against its solo run."""
+"""Registered models that must train alone, each with the reason (lotterylab.training.packing.pack_key gives them no
+key): a packed run must equal its solo run, and random draws inside a model (dropout) come from another stream under
+vmap. tests/test_packing.py packs every other registered model in float64 against its solo run."""
 
 
 def init_weights(model: nn.Module) -> None:

@@ -1,1 +1,4 @@
-"""Studies: catalog, grids (planning, running, collecting), claims, plots, reports, gallery and sweeps. Imports the layers below."""
+"""Studies: catalog, grids (planning, running, collecting), claims, plots, reports, gallery and sweeps.
+
+Imports the layers below.
+"""

@@ -196,7 +196,8 @@ def _merged(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_params(path: str | Path, defaults: dict[str, Any] | None, params_roots: Sequence[str | Path] = ()) -> dict[str, Any]:
+def load_params(path: str | Path, defaults: dict[str, Any] | None,
+                params_roots: Sequence[str | Path] = ()) -> dict[str, Any]:
     """A params YAML file checked against the notebook's defaults: known names and plain literal values only.
     `extends: base/gpu.yaml` merges the file over another (`_merged`), itself checked the same way and free to extend
     a third; a relative path is looked up under `params_roots`, then under lotterylab's own params/."""

@@ -29,7 +29,8 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     else:
         defaults = catalog.notebook_parameters(study.notebook)
         loaded = catalog.load_params(params_file, defaults, [study.root / "params"])
-        values = {name: value for name, value in loaded.items() if name in defaults}  # an OPTIONAL parameter the older notebook does not take is left out
+        # an OPTIONAL parameter the older notebook does not take is left out
+        values = {name: value for name, value in loaded.items() if name in defaults}
         values.update(overrides)
     if not overrides and values.get("executor") is not None:  # a bad executor fails here, not in the notebook
         executors.from_params(values["executor"], f"{params_file}: executor")
@@ -40,13 +41,14 @@ def run_study(name: str, params: str | Path | None = None, scale: str | None = N
     # results.nc and notebook at once. A crashed holder's lock (dead pid, this host) is taken over.
     lock = locks.RunLock(out / catalog.STUDY_LOCK, stale_after=math.inf)
     if not lock.try_acquire():
-        raise catalog.StudyError(f"{lock.path}: another `lotterylab study` is writing this report (holder {lock.holder()}); "
-                         f"wait for it to finish, or give another --reports")
+        raise catalog.StudyError(f"{lock.path}: another `lotterylab study` is writing this report "
+                                 f"(holder {lock.holder()}); wait for it to finish, or give another --reports")
     try:
         plans.plan_file(out).unlink(missing_ok=True)
         injected = {"output_dir": str(out), "runs_root": str(Path(runs_root).resolve())}
         if scale_mode:  # the notebook reads the file itself (`parameters`); only where and what replaces travel
-            values = {catalog.SCALE: params_file.stem, "params_file": str(params_file.resolve()), "overrides": overrides}
+            values = {catalog.SCALE: params_file.stem, "params_file": str(params_file.resolve()),
+                      "overrides": overrides}
         try:
             papermill.execute_notebook(study.notebook, executed, parameters={**values, **injected},
                                        cwd=str(study.root), progress_bar=False, log_output=False)
@@ -72,6 +74,6 @@ def status(name: str, params: str | Path | None = None, scale: str | None = None
     plan = plans.read(out)
     if plan is None:
         how = f"--params {params_file}" if params is not None else f"--scale {params_file.stem}"
-        raise catalog.StudyError(f"{plans.plan_file(out)}: no plan yet; `lotterylab study {name} {how}` records one as its "
-                         f"notebook plans runs (grids.run_all(..., plan=output_dir))")
+        raise catalog.StudyError(f"{plans.plan_file(out)}: no plan yet; `lotterylab study {name} {how}` records one "
+                                 f"as its notebook plans runs (grids.run_all(..., plan=output_dir))")
     return plans.summary(f"{name} · {params_file.stem}", plan, runs_root)

@@ -37,8 +37,8 @@ class Executor(Protocol):
 
 def local(configs: Sequence[Config], runs_root: str | Path, callbacks: Sequence[Callback] = (),
           max_pack: int | None = None) -> list[Path]:
-    """Train the runs in this process; on a GPU, pending runs sharing model and data train packed (lotterylab.training.packing);
-    finished runs return at once."""
+    """Train the runs in this process; on a GPU, pending runs sharing model and data train packed
+    (lotterylab.training.packing); finished runs return at once."""
     return packing.run_many(configs, runs_root, max_pack, callbacks)
 
 

@@ -152,7 +152,8 @@ def _train(cfg: Config, out: Path, run_dir: Path, callbacks: list[Callback]) -> 
 
 
 class RunDriver:
-    """One run advanced an epoch at a time, so that several runs can share one training step (lotterylab.training.packing).
+    """One run advanced an epoch at a time, so that several runs can share one training step
+    (lotterylab.training.packing).
 
     `begin_epoch` prepares a stage at its first epoch; the caller trains the epoch; `end_epoch` evaluates (unless
     given test metrics), records, calls back and checkpoints; `finish` writes results.nc once `done`.
